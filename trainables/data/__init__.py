@@ -1,0 +1,85 @@
+"""Datasets as preprocessed uint8 arrays: Oxford-IIIT Pet (3 classes) and Cityscapes (19).
+
+`load_split` lists a split through torchvision's dataset class, decodes and resizes
+it once into a cache (see cache.py) and returns memory-mapped arrays.
+`image_size` is (height, width); an int means a square.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trainables.data import cityscapes, pets
+from trainables.data.cache import SplitArrays, content_fingerprint, default_cache_dir, load_cached
+from trainables.data.check import check_dataset
+from trainables.data.synth import synth_dataset
+from trainables.errors import ConfigError, DatasetError
+
+_MODULES = {"pets": pets, "cityscapes": cityscapes}
+
+SPLITS = {name: module.SPLITS for name, module in _MODULES.items()}  # (train split, validation split)
+NUM_CLASSES = {name: len(module.CLASS_NAMES) for name, module in _MODULES.items()}
+CLASS_NAMES = {name: module.CLASS_NAMES for name, module in _MODULES.items()}
+IGNORE_INDEX = 255
+
+
+def load_split(
+    dataset: str,
+    root: str | Path,
+    split: str,
+    image_size: int | tuple[int, int] = (64, 64),
+    cache_dir: str | Path | None = None,
+    max_samples: int | None = None,
+    progress: bool = True,
+    workers: int | None = None,
+) -> SplitArrays:
+    """One split as uint8 arrays at image_size, from the cache (built where missing).
+
+    The arrays are read-only memory maps of the cache files: copy them (np.array)
+    before writing, or before torch.from_numpy, which warns on read-only memory.
+    max_samples keeps the first N samples of the split sorted by image path.
+    workers: decoding threads when the cache is built (default: one per available core).
+    """
+    module = _module(dataset)
+    if split not in module.SPLITS:
+        raise ConfigError(f"{dataset} has the splits {list(module.SPLITS)}, not {split!r}")
+    if max_samples is not None and max_samples < 1:
+        raise ConfigError(f"max_samples: expected None or an integer >= 1, got {max_samples!r}")
+    root = Path(root).expanduser()
+    size = as_size(image_size)
+    samples = module.list_samples(root, split)
+    if not samples:
+        raise DatasetError(f"the {dataset} {split} split at {root} has no samples")
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(root)
+    return load_cached(dataset, split, root, samples, size, cache_dir, max_samples, progress, workers)
+
+
+def dataset_fingerprint(dataset: str, root: str | Path) -> str:
+    """16 hex digits of the bytes of every source file of all splits (and of which split holds it).
+
+    Reading the files happens once per state of the tree; the result is remembered
+    in the default cache folder under the files' names, sizes and modification times.
+    """
+    module = _module(dataset)
+    root = Path(root).expanduser()
+    samples_by_split = {split: module.list_samples(root, split) for split in module.SPLITS}
+    return content_fingerprint(root, samples_by_split, default_cache_dir(root))
+
+
+def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
+    size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
+    if len(size) != 2 or min(size) < 1:
+        raise ConfigError(f"image_size: expected (height, width) in pixels or one int, got {image_size!r}")
+    return size
+
+
+def _module(dataset: str):
+    if dataset not in _MODULES:
+        raise ConfigError(f"unknown dataset {dataset!r}; known: {list(_MODULES)}")
+    return _MODULES[dataset]
+
+
+__all__ = [
+    "SPLITS", "NUM_CLASSES", "CLASS_NAMES", "IGNORE_INDEX", "SplitArrays",
+    "load_split", "dataset_fingerprint", "check_dataset", "synth_dataset",
+]

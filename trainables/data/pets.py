@@ -1,0 +1,61 @@
+"""Oxford-IIIT Pet: file listing through torchvision, trimaps read as 3 classes.
+
+`root` is the folder that contains `oxford-iiit-pet/`, as for
+`torchvision.datasets.OxfordIIITPet`. torchvision (and with it torch) is imported
+only where the files are listed, so that `study data synth` starts quickly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from trainables.data.cache import Sample, open_label, unexpected_values
+from trainables.errors import DatasetError
+
+SPLITS = ("trainval", "test")
+CLASS_NAMES = ("pet", "background", "border")
+
+EXPECTED_LAYOUT = """\
+<root>/
+  oxford-iiit-pet/
+    images/<Name>.jpg                    e.g. Abyssinian_100.jpg, beagle_12.jpg
+    annotations/
+      trainval.txt, test.txt             lines 'Abyssinian_100 1 1 1' (name class species breed)
+      trimaps/<Name>.png                 1 pet, 2 background, 3 border"""
+
+
+def list_samples(root: Path, split: str) -> list[Sample]:
+    """The split's (image, trimap) files, sorted by image path."""
+    base = root / "oxford-iiit-pet"
+    list_file = base / "annotations" / f"{split}.txt"
+    for needed in (base / "images", base / "annotations" / "trimaps", list_file):
+        if not needed.exists():
+            hint = ""
+            if (root / "annotations").is_dir():  # a common slip: the dataset folder itself
+                hint = f"\n{root} looks like the oxford-iiit-pet folder itself: pass its parent folder, {root.parent}"
+            raise DatasetError(
+                f"pets dataset at {root}: {needed} is missing; expected this layout:\n{EXPECTED_LAYOUT}{hint}")
+    # torchvision would fail on a malformed line with a bare unpacking error
+    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+        fields = line.split()
+        if len(fields) != 4 or not all(field.isdigit() for field in fields[1:]):
+            raise DatasetError(f"{list_file}, line {number}: expected 'Name class species breed', got {line!r}")
+
+    from torchvision.datasets import OxfordIIITPet
+
+    listing = OxfordIIITPet(root, split=split, target_types="segmentation", download=False)
+    # torchvision keeps the file lists in private attributes; the paths are what the
+    # decoder opens (and what every error message names).
+    pairs = sorted(zip(map(str, listing._images), map(str, listing._segs)))
+    return [Sample(image, trimap, read_trimap) for image, trimap in pairs]
+
+
+def read_trimap(path: str) -> np.ndarray:
+    """Trimap 1 pet / 2 background / 3 border -> class ids 0 / 1 / 2."""
+    values = open_label(path)
+    bad = unexpected_values(values, allowed=(1, 2, 3))
+    if bad:
+        raise DatasetError(f"{path}: trimap values must be 1 (pet), 2 (background) or 3 (border); found {bad}")
+    return (values - 1).astype(np.uint8)
