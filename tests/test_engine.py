@@ -1,0 +1,101 @@
+import json
+import math
+
+import pytest
+import torch
+
+from trainables.config import TrainConfig
+from trainables.engine import FaultInjected, fit
+from trainables.errors import ConfigError
+from trainables.local_run import train_to_folder
+
+
+def tiny_config(root, tmp_path, **changes) -> TrainConfig:
+    values = dict(arch="segformer_b0", dataset="pets", data_root=str(root), cache_dir=str(tmp_path / "cache"),
+                  image_size=(32, 32), epochs=4, batch_size=16, val_interval=2, device="cpu", seed=3)
+    values.update(changes)
+    return TrainConfig(**values)
+
+
+def test_validation_epochs_and_record_fields(pets_root, tmp_path):
+    result = fit(tiny_config(pets_root, tmp_path, epochs=3))
+    assert [r["epoch"] for r in result.records] == [1, 2, 3]
+    assert [r["validated"] for r in result.records] == [False, True, True]  # every 2 epochs and at the last
+    validated = result.records[1]
+    for key in ("train_loss", "train_miou", "val_loss", "val_miou", "val_miou_present", "val_iou_0", "val_iou_2",
+                "lr", "epoch_seconds", "images_per_second"):
+        assert key in validated and math.isfinite(validated[key]), key
+    assert "val_miou" not in result.records[0]
+    assert result.best_epoch in (2, 3)
+    assert result.best_val_miou == max(r["val_miou"] for r in result.records if r["validated"])
+    # ExponentialLR(0.98) stepped once per epoch
+    assert result.records[1]["lr"] == pytest.approx(1e-3 * 0.98)
+
+
+def test_same_seed_gives_the_same_run_on_cpu(pets_root, tmp_path):
+    first = fit(tiny_config(pets_root, tmp_path, epochs=2))
+    second = fit(tiny_config(pets_root, tmp_path, epochs=2))
+    keys = ("train_loss", "train_miou", "val_loss", "val_miou")
+    assert [[r.get(k) for k in keys] for r in first.records] == [[r.get(k) for k in keys] for r in second.records]
+
+
+def test_resume_from_checkpoint_matches_an_uninterrupted_run(pets_root, tmp_path):
+    config = tiny_config(pets_root, tmp_path, epochs=4, hflip=True, drop_path=0.1)
+    path = tmp_path / "state.pt"
+
+    def keep_epoch_2(record, training_state):
+        if record["epoch"] == 2:
+            torch.save(training_state(), path)  # as a real checkpoint does, within the callback
+
+    uninterrupted = fit(config, on_epoch_end=keep_epoch_2)
+    resumed = fit(config, resume_state=torch.load(path, weights_only=False))
+    assert [r["epoch"] for r in resumed.records] == [3, 4]
+    keys = ("train_loss", "train_miou", "val_loss", "val_miou", "lr")
+    for a, b in zip(uninterrupted.records[2:], resumed.records):
+        assert [a.get(k) for k in keys] == [b.get(k) for k in keys]
+    assert (resumed.best_val_miou, resumed.best_epoch) == (uninterrupted.best_val_miou, uninterrupted.best_epoch)
+
+
+def test_fault_hook_raises_at_the_given_epoch(pets_root, tmp_path):
+    seen = []
+    with pytest.raises(FaultInjected, match="epoch 2"):
+        fit(tiny_config(pets_root, tmp_path, fault_epoch=2), on_epoch_end=lambda record, state: seen.append(record["epoch"]))
+    assert seen == [1]
+
+
+def test_export_encoder_last_matches_the_trained_model(pets_root, tmp_path):
+    path = tmp_path / "state.pt"
+    result = fit(tiny_config(pets_root, tmp_path, epochs=2, export_encoder="last"),
+                 on_epoch_end=lambda record, state: torch.save(state(), path))
+    model_state = torch.load(path, weights_only=False)["model"]
+    assert result.encoder_state is not None
+    for key, value in result.encoder_state.items():
+        assert torch.equal(value, model_state[f"encoder.{key}"].cpu())
+
+
+def test_train_to_folder_writes_metrics_checkpoints_and_resumes(pets_root, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(pets_root, tmp_path, epochs=2, export_encoder="best")
+    train_to_folder(config, out)
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2]
+    for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "encoder.pt"):
+        assert (out / name).stat().st_size > 0, name
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_to_folder(config, out)
+    longer = config.replace(epochs=4)
+    with pytest.raises(ConfigError, match="other settings"):
+        train_to_folder(longer, out, resume=True)
+
+
+def test_learning_segformer_beats_predicting_one_class(pets_root, tmp_path):
+    """SegFormer-B0 on generated pets learns within about a minute of CPU."""
+    config = tiny_config(pets_root, tmp_path, image_size=(48, 48), epochs=12, batch_size=8, lr=2e-3, val_interval=4)
+    result = fit(config)
+    from trainables.data import SPLITS, load_split
+
+    masks = load_split("pets", pets_root, SPLITS["pets"][1], (48, 48), tmp_path / "cache").masks
+    # mIoU of always predicting the most frequent class: its IoU is its pixel share, the others 0
+    counts = torch.bincount(torch.from_numpy(masks.copy()).flatten().long(), minlength=3)[:3]
+    one_class_miou = float(counts.max() / counts.sum()) / 3
+    assert result.best_val_miou > one_class_miou + 0.2, (result.best_val_miou, one_class_miou)
