@@ -1,0 +1,121 @@
+"""Driver-side Tune callback: progress lines for the user and each trial's state on storage.
+
+Ray's own experiment state is an internal format, so the study records what the
+driver saw (state, error, node, checkpoint) in `<stage>/segstudy_trials.json`,
+which `status`, `report` and `export` read, also while the study runs.
+The callback finds its folder through each trial's storage, so it holds no path
+of its own (Tune pickles it with the experiment, and a study may move).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+
+from ray import tune
+
+TRIALS_FILE = "segstudy_trials.json"
+
+
+class StudyProgress(tune.Callback):
+    def __init__(self, stage: str):
+        self.stage = stage
+        self.states: dict[str, dict] = {}
+        self.best: tuple[float, str] | None = None
+        self._filesystem = None
+        self._experiment_path: str | None = None
+
+    # -- Tune hooks -------------------------------------------------------
+    def on_trial_start(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        entry.update(state="running", node_ip=trial.node_ip, started=entry.get("started") or time.time())
+        entry["attempts"] = entry.get("attempts", 0) + 1
+        self._save(trial)
+        self._say(f"started {entry['trial_key']}" + (f" (attempt {entry['attempts']})" if entry["attempts"] > 1 else ""), trials)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        entry = self._entry(trial)
+        entry.update(last_epoch=result.get("epoch"), epochs_planned=result.get("epochs_planned"),
+                     device=result.get("device"), node_ip=trial.node_ip or result.get("node_ip"))
+        if result.get("diverged"):
+            entry["diverged_epoch"] = result.get("epoch")
+        if result.get("validated"):
+            value = result.get("val_miou")
+            if value is not None and math.isfinite(value) and (self.best is None or value > self.best[0]):
+                self.best = (value, entry["trial_key"])
+            best = f"; best so far {self.best[0]:.4f} ({self.best[1]})" if self.best else ""
+            self._say(f"{entry['trial_key']} epoch {result.get('epoch')}/{result.get('epochs_planned')} "
+                      f"val mIoU {value:.4f}{best}")
+        self._save(trial)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        if entry.get("diverged_epoch"):
+            entry["state"] = "diverged"
+        elif entry.get("last_epoch") is not None and entry.get("last_epoch") < (entry.get("epochs_planned") or 0):
+            entry["state"] = "early_stopped"
+        else:
+            entry["state"] = "finished"
+        entry.update(ended=time.time(), error=None, checkpoint=_checkpoint_path(trial))
+        self._save(trial)
+        self._say(f"{entry['state'].replace('_', ' ')} {entry['trial_key']}", trials)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        error = trial.get_error()
+        message = str(error).strip().splitlines()[-1] if error else "unknown error"
+        entry.update(state="errored", ended=time.time(), error=message, checkpoint=_checkpoint_path(trial))
+        self._save(trial)
+        self._say(f"errored {entry['trial_key']}: {message}", trials)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        entry = self._entry(trial)
+        error = trial.get_error()
+        entry.update(state="pending", last_error=str(error).strip().splitlines()[-1] if error else None)
+        self._save(trial)
+        self._say(f"retrying {entry['trial_key']} from its last checkpoint ({entry['last_error']})", trials)
+
+    # -- helpers ------------------------------------------------------------
+    def _entry(self, trial) -> dict:
+        config = trial.config
+        key = config["trial"]["trial_key"] if "trial" in config else f"{trial.trial_id}"
+        return self.states.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "trial_key": key, "stage": self.stage,
+                                                       "dir": trial.path.rstrip("/").rsplit("/", 1)[-1]})
+
+    def _save(self, trial) -> None:
+        filesystem = trial.storage.storage_filesystem
+        experiment = trial.storage.experiment_fs_path
+        if experiment != self._experiment_path:
+            self._load_existing(filesystem, experiment)
+        text = json.dumps(self.states, indent=1, sort_keys=True, default=str).encode()
+        temporary = f"{experiment}/{TRIALS_FILE}.tmp"
+        with filesystem.open_output_stream(temporary) as stream:
+            stream.write(text)
+        filesystem.move(temporary, f"{experiment}/{TRIALS_FILE}")
+
+    def _load_existing(self, filesystem, experiment: str) -> None:
+        """After a resume, keep what the earlier driver recorded of trials not touched yet."""
+        self._experiment_path = experiment
+        try:
+            with filesystem.open_input_stream(f"{experiment}/{TRIALS_FILE}") as stream:
+                earlier = json.loads(stream.read())
+        except (FileNotFoundError, OSError, ValueError):
+            return
+        for trial_id, entry in earlier.items():
+            self.states.setdefault(trial_id, entry)
+
+    def _say(self, text: str, trials=None) -> None:
+        counts = ""
+        if trials is not None:
+            by_state: dict[str, int] = {}
+            for trial in trials:
+                by_state[trial.status.lower()] = by_state.get(trial.status.lower(), 0) + 1
+            counts = "  [" + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) + "]"
+        print(f"[{self.stage}] {text}{counts}", file=sys.stderr, flush=True)
+
+
+def _checkpoint_path(trial) -> str | None:
+    checkpoint = trial.checkpoint
+    return checkpoint.path if checkpoint is not None else None

@@ -1,0 +1,375 @@
+"""Run a planned study on Ray Tune: one Tune experiment per stage, embedded Ray or a cluster.
+
+Stages: pretraining jobs (each encoder made once per storage, keyed by content
+hash) and then the main trials (a grid, or an Optuna search). `run_study` starts a
+study, `resume_study` continues one from what its folder holds: the plan written
+before any trial started, and Tune's experiment state for each stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import socket
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from study.errors import StudyError
+from study.plan import Plan, PlannedTrial, PretrainJob, SearchPlan, make_plan
+from study.spec import StudySpec, load_spec
+from study.storage import ARTIFACTS, Storage
+from trainables.data import SPLITS, dataset_fingerprint, load_split, synth_dataset
+
+ENCODER_FILE = "encoder.pt"
+INTERRUPTED_EXIT = 130
+
+
+# -- entry points -------------------------------------------------------------
+def run_study(spec: StudySpec, storage: Storage, name: str | None = None, address: str | None = None) -> int:
+    name = name or spec.name
+    if storage.exists(name, "plan.json"):
+        raise StudyError(
+            f"a study named {name!r} already exists in {storage.root}: continue it with "
+            f"`study resume {name} --storage {storage.root}`, or pick another --name"
+        )
+    with study_lock(storage, name):
+        generate_missing_datasets(spec)
+        plan = make_plan(spec, dataset_fingerprint)
+        build_caches(plan)
+        storage.write_text(spec.to_yaml(), name, "spec.yaml")
+        storage.write_json(plan_to_json(plan), name, "plan.json")
+        _say(f"study {name}: {describe_plan(plan)}; storage {storage.uri(name)}")
+        return execute(spec, plan, storage, name, address)
+
+
+def resume_study(storage: Storage, name: str, address: str | None = None) -> int:
+    storage.require_study(name)
+    state = storage.read_json(name, "study.json", default={})
+    if state.get("state") == "finished":
+        _say(f"study {name} is already finished; nothing to resume (see `study status {name}`)")
+        return 0
+    with study_lock(storage, name):
+        spec = load_stored_spec(storage, name)
+        plan = plan_from_json(storage.read_json(name, "plan.json"))
+        generate_missing_datasets(spec)
+        build_caches(plan)
+        _say(f"resuming study {name}: {describe_plan(plan)}")
+        return execute(spec, plan, storage, name, address)
+
+
+def load_stored_spec(storage: Storage, name: str) -> StudySpec:
+    if storage.is_local:
+        return load_spec(storage.path(name, "spec.yaml"))
+    with tempfile.TemporaryDirectory() as directory:
+        local = Path(directory) / "spec.yaml"
+        local.write_text(storage.read_text(name, "spec.yaml"))
+        return load_spec(local)
+
+
+# -- the two stages -----------------------------------------------------------
+def execute(spec: StudySpec, plan: Plan, storage: Storage, name: str, address: str | None) -> int:
+    history = storage.read_json(name, "study.json", default={}).get("history", [])
+    history.append({"started": time.time(), "host": socket.gethostname(), "address": address or "local"})
+    storage.write_json({"state": "running", "history": history}, name, "study.json")
+    started_ray = init_ray(address)
+    try:
+        resources = trial_resources(spec)
+        encoders, complete = run_pretraining(spec, plan, storage, name, resources)
+        if complete:
+            complete = run_main(spec, plan, storage, name, resources, encoders)
+    finally:
+        if started_ray:
+            import ray
+
+            ray.shutdown()
+    history[-1]["ended"] = time.time()
+    outcome = "finished" if complete else "interrupted"
+    storage.write_json({"state": outcome, "history": history}, name, "study.json")
+    if not complete:
+        _say(f"study {name} was interrupted; finished trials are kept. Continue it with:\n"
+             f"    study resume {name} --storage {storage.root}")
+        return INTERRUPTED_EXIT
+    _say(f"study {name} finished. See `study status {name}`, `study report {name}`, `study export {name}`.")
+    return 0
+
+
+def run_pretraining(spec, plan: Plan, storage: Storage, name: str, resources: dict) -> tuple[dict, bool]:
+    from trainables.tune_adapter import encoder_key
+
+    encoders = {}
+    missing = []
+    for job in plan.pretrain_jobs:
+        key = encoder_key(job.source, job.config["arch"], job.config["segformer_stem"])
+        encoders[key] = storage.uri(ARTIFACTS, "encoders", job.key, ENCODER_FILE)
+        if storage.exists(ARTIFACTS, "encoders", job.key, ENCODER_FILE):
+            _say(f"[pretrain] reusing encoder {job.key} for {key}")
+        else:
+            missing.append(job)
+    if not missing:
+        return encoders, True
+    trials = [{**job.config, "trial_key": job.trial_key, "config_name": f"pretrain_{job.source}", "stage": "pretrain"}
+              for job in missing]
+    grid = run_stage(spec, storage, name, "pretrain", trials, resources, encoders={})
+    complete = True
+    by_trial_key = {job.trial_key: job for job in missing}
+    for result in grid:
+        job = by_trial_key[result.config["trial"]["trial_key"]]
+        if result.error is not None:
+            raise StudyError(f"pretraining job {job.trial_key} failed: {_last_line(result.error)}; "
+                             f"its dependent trials cannot run. Fix the cause and `study resume {name}`.")
+        if result.checkpoint is None or result.metrics.get("epoch") != job.config["epochs"]:
+            complete = False
+            continue
+        save_encoder_artifact(storage, job, result, name)
+    return encoders, complete
+
+
+def run_main(spec, plan: Plan, storage: Storage, name: str, resources: dict, encoders: dict) -> bool:
+    if plan.search is None:
+        trials = [{**t.config, "trial_key": t.trial_key, "config_name": t.config_name, "stage": "main"}
+                  for t in plan.trials]
+        grid = run_stage(spec, storage, name, "main", trials, resources, encoders)
+        expected = len(trials)
+    else:
+        grid = run_stage(spec, storage, name, "main", None, resources, encoders, search=plan.search)
+        expected = plan.search.num_samples
+    # ASHA-stopped trials count as terminated; trials cut off by Ctrl-C do not.
+    return grid.num_terminated + grid.num_errors >= expected
+
+
+def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None, resources: dict, encoders: dict,
+              search: SearchPlan | None = None):
+    """One Tune experiment; restored from its folder when an earlier driver started it."""
+    from ray import tune
+
+    from study.progress import StudyProgress
+    from trainables.tune_adapter import StudyContext, train_trial
+
+    context = StudyContext(
+        base=dict(search.base_config) if search else {},
+        variants={variant_label(v): v for v in search.variants} if search else {},
+        encoders=encoders,
+    )
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
+    experiment = storage.uri(name, stage)
+    if tune.Tuner.can_restore(experiment):
+        _say(f"[{stage}] restoring the experiment at {experiment}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        return tuner.fit()
+
+    scheduler = make_scheduler(spec, stage)
+    tune_config = dict(
+        max_concurrent_trials=spec.max_concurrent or default_concurrency(resources),
+        reuse_actors=True,
+        scheduler=scheduler,
+        trial_dirname_creator=_trial_dirname,
+        trial_name_creator=_trial_dirname,
+    )
+    if search is None:
+        param_space = {"trial": tune.grid_search(trials)}
+    else:
+        param_space = {}
+        tune_config.update(search_alg=make_optuna_search(spec, search, storage, name), num_samples=search.num_samples)
+    run_config = tune.RunConfig(
+        name=stage,
+        storage_path=storage.uri(name),
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_miou",
+                                                checkpoint_score_order="max"),
+        callbacks=[StudyProgress(stage)],
+        verbose=0,
+    )
+    tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
+                       run_config=run_config)
+    return tuner.fit()
+
+
+def make_scheduler(spec, stage: str):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    settings = spec.scheduler
+    if stage == "pretrain" or settings.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", metric=settings.metric, mode=settings.mode,
+                         grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+                         max_t=int(spec.train_settings.get("epochs", 30)))
+
+
+def make_optuna_search(spec, search: SearchPlan, storage: Storage, name: str):
+    import optuna
+
+    from study.searcher import StudyOptunaSearch, VariantSpace
+
+    metric = spec.scheduler.metric if spec.scheduler.type != "fifo" else "val_miou"
+    mode = spec.scheduler.mode if spec.scheduler.type != "fifo" else "max"
+    url = search.storage
+    if url is None and storage.is_local:
+        url = f"sqlite:///{storage.path(name, 'optuna.db')}"
+    optuna_storage = optuna.storages.RDBStorage(url) if url else None
+    return StudyOptunaSearch(
+        space=VariantSpace(tuple(variant_label(v) for v in search.variants), tuple(search.float_dims.items())),
+        metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=search.seed),
+        study_name=name, storage=optuna_storage,
+    )
+
+
+def variant_label(variant: dict) -> str:
+    return "/".join(f"{key}={variant[key]}" for key in sorted(variant))
+
+
+# -- Ray and resources ----------------------------------------------------------
+def init_ray(address: str | None) -> bool:
+    """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Our progress lines replace Tune's tables; Tune's snapshot warning is about the forced
+    # state snapshot at each checkpoint, which is what makes resume exact.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if address:
+        _say(f"connecting to the Ray cluster at {address}")
+        ray.init(address=address, log_to_driver=False)
+        return False
+    # address="local": never join a stale cluster that `ray start` recorded on this machine.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def default_concurrency(resources: dict) -> int:
+    """As many trials as the cluster's CPUs (and GPUs) hold; Tune runs searcher trials one by one otherwise."""
+    import ray
+
+    available = ray.cluster_resources()
+    limits = [available.get("CPU", 1) // resources["cpu"]]
+    if resources["gpu"]:
+        limits.append(available.get("GPU", 0) // resources["gpu"])
+    return max(1, int(min(limits)))
+
+
+def trial_resources(spec) -> dict:
+    import ray
+
+    cpu = float(spec.resources.cpu)
+    gpu = float(spec.resources.gpu)
+    if gpu and not ray.cluster_resources().get("GPU"):
+        _say(f"the study asks for {gpu} GPU per trial but the cluster has none: running trials on CPU")
+        gpu = 0.0
+    return {"cpu": cpu, "gpu": gpu}
+
+
+# -- datasets ---------------------------------------------------------------------
+def generate_missing_datasets(spec: StudySpec) -> None:
+    """Create the synthetic datasets a study declares, when their folder is missing or empty.
+
+    A dataset without `generate` is never replaced by generated data.
+    """
+    for dataset in spec.used_datasets():
+        root = Path(spec.dataset_root(dataset))
+        generate = spec.generated(dataset)
+        if generate is not None and not (root.is_dir() and any(root.iterdir())):
+            _say(f"generating the synthetic {dataset} dataset in {root} "
+                 f"({generate['train']} train, {generate['val']} val images)")
+            synth_dataset(dataset, root, train=generate["train"], val=generate["val"], seed=generate.get("seed", 0))
+
+
+def build_caches(plan: Plan) -> None:
+    """Build each split's preprocessed cache once, on the driver, before Ray starts.
+
+    Bad data fails fast with the dataset's own message, and trials on this node
+    find their caches ready instead of building them side by side.
+    """
+    configs = [job.config for job in plan.pretrain_jobs] + [trial.config for trial in plan.trials]
+    if plan.search is not None:
+        configs.append(plan.search.base_config)
+    needs = set()
+    for config in configs:
+        train_split, val_split = SPLITS[config["dataset"]]
+        common = (config["dataset"], config["data_root"], tuple(config["image_size"]), config.get("cache_dir"))
+        needs.add((*common, train_split, config.get("max_train_samples")))
+        needs.add((*common, val_split, config.get("max_val_samples")))
+    for dataset, root, image_size, cache_dir, split, max_samples in sorted(needs, key=str):
+        load_split(dataset, root, split, image_size, cache_dir, max_samples=max_samples)
+
+
+# -- the study lock -------------------------------------------------------------
+@contextmanager
+def study_lock(storage: Storage, name: str):
+    """Refuse a second driver on the same study; a lock left by a dead process is taken over."""
+    owner = storage.read_json(name, "lock", default=None)
+    if owner and _lock_alive(owner):
+        raise StudyError(
+            f"study {name!r} is already being run by process {owner['pid']} on {owner['host']} "
+            f"(since {time.ctime(owner['since'])}); wait for it, or stop it and then `study resume {name}`"
+        )
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
+    storage.write_json(me, name, "lock")
+    try:
+        yield
+    finally:
+        if storage.read_json(name, "lock", default=None) == json.loads(json.dumps(me)):
+            storage.fs.delete_file(storage.path(name, "lock"))
+
+
+def _lock_alive(owner: dict) -> bool:
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine: we cannot tell, so respect it
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+# -- plan (de)serialisation and helpers ----------------------------------------
+def plan_to_json(plan: Plan) -> dict:
+    return dataclasses.asdict(plan)
+
+
+def plan_from_json(data: dict) -> Plan:
+    search = data.get("search")
+    return Plan(
+        study_name=data["study_name"],
+        pretrain_jobs=[PretrainJob(**job) for job in data["pretrain_jobs"]],
+        trials=[PlannedTrial(**trial) for trial in data["trials"]],
+        search=SearchPlan(**{**search, "float_dims": {k: tuple(v) for k, v in search["float_dims"].items()}})
+        if search else None,
+        dropped=list(data.get("dropped", [])),
+    )
+
+
+def describe_plan(plan: Plan) -> str:
+    main = f"{len(plan.trials)} trials" if plan.search is None else f"an Optuna search of {plan.search.num_samples} trials"
+    return f"{len(plan.pretrain_jobs)} pretraining job(s), then {main}"
+
+
+def save_encoder_artifact(storage: Storage, job: PretrainJob, result, study_name: str) -> None:
+    folder = (ARTIFACTS, "encoders", job.key)
+    with result.checkpoint.as_directory() as directory:
+        storage.upload(Path(directory) / ENCODER_FILE, *folder, ENCODER_FILE)
+    records = result.metrics_dataframe.to_dict(orient="records") if result.metrics_dataframe is not None else []
+    storage.write_json({"job": dataclasses.asdict(job), "trial_key": job.trial_key, "made_by_study": study_name, "trial_id": result.metrics.get("trial_id"),
+                        "epochs": records}, *folder, "job.json")
+    _say(f"[pretrain] saved encoder {job.key} for {job.trial_key}")
+
+
+def _trial_dirname(trial) -> str:
+    config = trial.config
+    if "trial" in config:
+        return config["trial"]["trial_key"]
+    return f"search-{trial.trial_id}"
+
+
+def _last_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[-1] if text else type(error).__name__
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
