@@ -1,10 +1,13 @@
 """Driver-side Tune callback: progress lines for the user and each trial's state on storage.
 
 Ray's own experiment state is an internal format, so the study records what the
-driver saw (state, error, node, checkpoint) in `<stage>/segstudy_trials.json`,
-which `status`, `report` and `export` read, also while the study runs.
-The callback finds its folder through each trial's storage, so it holds no path
-of its own (Tune pickles it with the experiment, and a study may move).
+driver saw (state, error, node, checkpoint) in `<study>/<stage>_trials.json`,
+which `status`, `report` and `export` read, also while the study runs. It sits
+beside Ray's experiment folder, not in it: on restore Ray copies that folder to a
+staging area and syncs it back at the end, which would overwrite the file.
+Tune pickles the callback with the experiment; `study resume` points the restored
+callback at the experiment's current location (a study folder may have moved, and
+after a restore Ray's trial paths name its local staging folder, not the storage).
 """
 
 from __future__ import annotations
@@ -14,18 +17,20 @@ import math
 import sys
 import time
 
+import pyarrow.fs as pafs
 from ray import tune
 
-TRIALS_FILE = "segstudy_trials.json"
+def trials_file(stage: str) -> str:
+    return f"{stage}_trials.json"
 
 
 class StudyProgress(tune.Callback):
-    def __init__(self, stage: str):
+    def __init__(self, stage: str, states_uri: str):
         self.stage = stage
+        self.states_uri = states_uri  # <study>/<stage>_trials.json
         self.states: dict[str, dict] = {}
         self.best: tuple[float, str] | None = None
-        self._filesystem = None
-        self._experiment_path: str | None = None
+        self._states_path: str | None = None
 
     # -- Tune hooks -------------------------------------------------------
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -85,21 +90,19 @@ class StudyProgress(tune.Callback):
                                                        "dir": trial.path.rstrip("/").rsplit("/", 1)[-1]})
 
     def _save(self, trial) -> None:
-        filesystem = trial.storage.storage_filesystem
-        experiment = trial.storage.experiment_fs_path
-        if experiment != self._experiment_path:
-            self._load_existing(filesystem, experiment)
+        filesystem, path = _filesystem_and_path(self.states_uri)
+        if path != self._states_path:
+            self._load_existing(filesystem, path)
         text = json.dumps(self.states, indent=1, sort_keys=True, default=str).encode()
-        temporary = f"{experiment}/{TRIALS_FILE}.tmp"
-        with filesystem.open_output_stream(temporary) as stream:
+        with filesystem.open_output_stream(f"{path}.tmp") as stream:
             stream.write(text)
-        filesystem.move(temporary, f"{experiment}/{TRIALS_FILE}")
+        filesystem.move(f"{path}.tmp", path)
 
-    def _load_existing(self, filesystem, experiment: str) -> None:
+    def _load_existing(self, filesystem, path: str) -> None:
         """After a resume, keep what the earlier driver recorded of trials not touched yet."""
-        self._experiment_path = experiment
+        self._states_path = path
         try:
-            with filesystem.open_input_stream(f"{experiment}/{TRIALS_FILE}") as stream:
+            with filesystem.open_input_stream(path) as stream:
                 earlier = json.loads(stream.read())
         except (FileNotFoundError, OSError, ValueError):
             return
@@ -114,6 +117,12 @@ class StudyProgress(tune.Callback):
                 by_state[trial.status.lower()] = by_state.get(trial.status.lower(), 0) + 1
             counts = "  [" + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) + "]"
         print(f"[{self.stage}] {text}{counts}", file=sys.stderr, flush=True)
+
+
+def _filesystem_and_path(path: str):
+    if "://" in path:
+        return pafs.FileSystem.from_uri(path)
+    return pafs.LocalFileSystem(), path
 
 
 def _checkpoint_path(trial) -> str | None:

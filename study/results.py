@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from study.progress import TRIALS_FILE
+from study.progress import trials_file
 from study.storage import ARTIFACTS, Storage
 
 STAGES = ("pretrain", "main")
@@ -40,7 +40,7 @@ def load_results(storage: Storage, name: str) -> StudyResults:
     state = storage.read_json(name, "study.json", default={}).get("state", "planned")
     trial_rows, epoch_rows = [], []
     for stage in STAGES:
-        states = storage.read_json(name, stage, TRIALS_FILE, default={})
+        states = storage.read_json(name, trials_file(stage), default={})
         for directory in storage.list_dirs(name, stage):
             if not storage.exists(name, stage, directory, "result.json"):
                 continue

@@ -146,7 +146,7 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     """One Tune experiment; restored from its folder when an earlier driver started it."""
     from ray import tune
 
-    from study.progress import StudyProgress
+    from study.progress import StudyProgress, trials_file
     from trainables.tune_adapter import StudyContext, train_trial
 
     context = StudyContext(
@@ -159,6 +159,10 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     if tune.Tuner.can_restore(experiment):
         _say(f"[{stage}] restoring the experiment at {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+        # The restored run config is the pickled one: point our callback at where the study is now.
+        for callback in tuner._local_tuner.get_run_config().callbacks or []:
+            if isinstance(callback, StudyProgress):
+                callback.states_uri = storage.uri(name, trials_file(stage))
         return tuner.fit()
 
     scheduler = make_scheduler(spec, stage)
@@ -180,7 +184,7 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_miou",
                                                 checkpoint_score_order="max"),
-        callbacks=[StudyProgress(stage)],
+        callbacks=[StudyProgress(stage, storage.uri(name, trials_file(stage)))],
         verbose=0,
     )
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),

@@ -5,7 +5,7 @@ Layout under the storage root:
     <name>/plan.json            the planned trials, written before any trial starts
     <name>/study.json           state of the study (running, interrupted, finished) and its history
     <name>/pretrain/, <name>/main/   Ray Tune experiment folders, one per stage
-    <name>/<stage>/segstudy_trials.json   each trial's state as the driver saw it
+    <name>/<stage>_trials.json  each trial's state as the driver saw it
     <name>/optuna.db            the Optuna study of a searcher study (SQLite, local storage)
     _artifacts/encoders/<key>/  encoders made by pretraining jobs, shared by every study in the storage
 """

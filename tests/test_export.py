@@ -81,7 +81,7 @@ def test_statuses_errors_and_nulls_of_a_partial_study(tmp_path):
 
 def test_unknown_status_is_refused(tmp_path):
     storage, _ = mixed_study(tmp_path)
-    states_file = tmp_path / "studies" / "mixed" / "main" / "segstudy_trials.json"
+    states_file = tmp_path / "studies" / "mixed" / "main_trials.json"
     states = json.loads(states_file.read_text())
     states["t000"]["state"] = "lost"
     states_file.write_text(json.dumps(states))

@@ -1,7 +1,7 @@
 """`study report`: tables over seeds, Welch's test, partial studies, figures and compare mode.
 
 The studies here are folders written in the layout the results loader reads (plan.json,
-study.json, spec.yaml, <stage>/<trial dir>/result.json, <stage>/segstudy_trials.json),
+study.json, spec.yaml, <stage>/<trial dir>/result.json, <stage>_trials.json),
 so the report is tested through the real loader on real files.
 """
 
@@ -95,7 +95,7 @@ def write_fake_study(root: Path, name: str, trials: list[dict], *, state: str = 
         (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
         states[trial_id] = {"state": trial["status"], "error": trial["error"], "checkpoint": trial["checkpoint"],
                             "attempts": 1, "trial_key": trial["trial_key"]}
-    (folder / "main" / "segstudy_trials.json").write_text(json.dumps(states))
+    (folder / "main_trials.json").write_text(json.dumps(states))
     return Storage(root)
 
 

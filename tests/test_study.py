@@ -1,0 +1,175 @@
+"""End-to-end studies on a real local Ray, driven through the `study` command."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from study.results import load_results
+from study.storage import Storage
+from tests.study_helpers import (SPECS, TEST_SPECS, kill_group, run_study_cli, start_study_cli, study_env,
+                                 wait_for)
+
+pytestmark = pytest.mark.slow
+
+
+def encoder_of(checkpoint_dir: str) -> dict:
+    state = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=False)
+    return {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+
+
+def artifact_encoder(uri: str) -> dict:
+    from trainables.models.transfer import load_encoder_file
+
+    return load_encoder_file(uri)
+
+
+def test_smoke_study_end_to_end(tmp_path):
+    storage = tmp_path / "studies"
+    run = run_study_cli(["run", str(SPECS / "smoke.yaml"), "--name", "smoke"], tmp_path, storage)
+    assert "study smoke finished" in run.stderr
+
+    results = load_results(Storage(storage), "smoke")
+    plan = results.plan
+    main = results.trials[results.trials["stage"] == "main"]
+    pretrain = results.trials[results.trials["stage"] == "pretrain"]
+    assert results.state == "finished"
+    assert sorted(main["trial_key"]) == sorted(t["trial_key"] for t in plan["trials"])
+    assert set(main["status"]) == {"finished"}
+    assert (main["epochs_run"] == main["epochs_planned"]).all()
+    # the pretraining stage ran once, and every dependent trial loaded its encoder
+    assert len(pretrain) == 1 and pretrain.iloc[0]["status"] == "finished" and not pretrain.iloc[0]["reused"]
+    epochs = results.epochs
+    dependent = epochs[(epochs["stage"] == "main") & (epochs["pretrain_source"] == "cityscapes")]
+    assert dependent["trial_id"].nunique() == len(main[main["pretrain"] == "cityscapes"]) > 0
+    job = plan["pretrain_jobs"][0]
+    artifact = Storage(storage).uri("_artifacts", "encoders", job["key"], "encoder.pt")
+    assert set(dependent["encoder_source"]) == {artifact}
+    # a frozen encoder ends bit-identical to the pretrained one it was loaded from
+    pretrained = artifact_encoder(artifact)
+    frozen = main[(main["pretrain"] == "cityscapes") & (main["freeze"] == "encoder")]
+    assert len(frozen) > 0
+    for checkpoint in frozen["checkpoint"]:
+        trained = encoder_of(checkpoint)
+        assert trained.keys() == pretrained.keys()
+        assert all(torch.equal(trained[k], pretrained[k]) for k in pretrained)
+
+    status = run_study_cli(["status", "smoke", "--json"], tmp_path, storage)
+    summary = json.loads(status.stdout)
+    assert summary["state"] == "finished" and summary["stages"]["main"] == {"finished": len(main)}
+    assert summary["best"]["best_val_miou"] == pytest.approx(main["best_val_miou"].max())
+    assert run_study_cli(["list"], tmp_path, storage).stdout.split() == ["smoke", "finished"]
+    again = run_study_cli(["resume", "smoke"], tmp_path, storage)
+    assert "already finished" in again.stderr
+
+
+def test_second_study_reuses_the_pretrained_encoder_and_names_clash(tmp_path):
+    storage = tmp_path / "studies"
+    spec = str(TEST_SPECS / "tiny.yaml")
+    run_study_cli(["run", spec, "--name", "first"], tmp_path, storage)
+    second = run_study_cli(["run", spec, "--name", "second"], tmp_path, storage)
+    assert "[pretrain] reusing encoder" in second.stderr
+    results = load_results(Storage(storage), "second")
+    pretrain = results.trials[results.trials["stage"] == "pretrain"]
+    assert len(pretrain) == 1 and bool(pretrain.iloc[0]["reused"]) and pretrain.iloc[0]["epochs_run"] == 2
+    assert not Storage(storage).exists("second", "pretrain")  # no pretraining trial ran for it
+    clash = run_study_cli(["run", spec, "--name", "second"], tmp_path, storage, check=False)
+    assert clash.returncode == 2 and "already exists" in clash.stderr and "study resume second" in clash.stderr
+
+
+def test_resume_after_the_driver_is_killed(tmp_path):
+    storage = tmp_path / "studies"
+    # FCN trials are slow enough on CPU to be caught between checkpoints.
+    args = ["run", str(TEST_SPECS / "resume.yaml"), "--name", "r"]
+    driver = start_study_cli(args, tmp_path, storage, tmp_path / "driver.log")
+    trials_file = storage / "r" / "main_trials.json"
+
+    def one_finished_and_one_checkpointed():
+        if not trials_file.exists():
+            return False
+        try:
+            states = json.loads(trials_file.read_text())
+        except ValueError:
+            return False
+        finished = [s for s in states.values() if s["state"] == "finished"]
+        midway = [s for s in states.values() if s["state"] == "running" and 2 <= (s.get("last_epoch") or 0) < 6]
+        return finished and midway
+
+    try:
+        wait_for(one_finished_and_one_checkpointed, timeout=300, interval=0.1, what="a finished and a half-done trial")
+    except AssertionError:
+        kill_group(driver)
+        raise AssertionError((tmp_path / "driver.log").read_text()[-5000:])
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
+    driver.wait()
+    time.sleep(2)
+    kill_group(driver)  # then the Ray processes it left behind
+
+    experiment = storage / "r" / "main"
+    finished_before = {
+        s["dir"]: (experiment / s["dir"] / "result.json").read_text()
+        for s in json.loads(trials_file.read_text()).values() if s["state"] == "finished"
+    }
+    resumed = run_study_cli(["resume", "r"], tmp_path, storage)
+    assert "study r finished" in resumed.stderr
+
+    results = load_results(Storage(storage), "r")
+    main = results.trials[results.trials["stage"] == "main"]
+    assert sorted(main["trial_key"]) == sorted(t["trial_key"] for t in results.plan["trials"])
+    assert set(main["status"]) == {"finished"}
+    for directory, text in finished_before.items():  # finished trials were not re-run
+        assert (experiment / directory / "result.json").read_text() == text
+    restarted = []
+    for directory in main["path"]:
+        lines = [json.loads(line) for line in (Path(directory) / "result.json").read_text().splitlines()]
+        restarts = [line["epoch"] for line in lines[1:] if line.get("iterations_since_restore") == 1]
+        restarted.extend(restarts)
+    assert restarted and all(epoch > 1 for epoch in restarted), restarted
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
+    ray = Path(sys.executable).with_name("ray")
+    port = _free_port()
+    env = study_env(tmp_path / "studies")
+    env["RAY_AUTH_MODE"] = "token"
+    temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    nodes = []
+    try:
+        head = subprocess.Popen([str(ray), "start", "--head", f"--port={port}", "--num-cpus=1", "--block",
+                                 "--include-dashboard=false", f"--temp-dir={temp}"], env=env,
+                                stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        nodes.append(head)
+        address = f"127.0.0.1:{port}"
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 120, what="the head node")
+        worker = subprocess.Popen([str(ray), "start", f"--address={address}", "--num-cpus=1", "--block"], env=env,
+                                  stdout=open(tmp_path / "worker.log", "w"), stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        nodes.append(worker)
+        wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 120, what="the second node")
+        run_study_cli(["run", str(TEST_SPECS / "tiny.yaml"), "--name", "c", "--address", address],
+                      tmp_path, tmp_path / "studies", env=env)
+    finally:
+        for node in reversed(nodes):
+            kill_group(node, signal.SIGTERM, grace=20)
+            kill_group(node)
+        shutil.rmtree(temp, ignore_errors=True)
+    results = load_results(Storage(tmp_path / "studies"), "c")
+    assert set(results.trials["status"]) == {"finished"}
+    assert results.epochs["node_id"].nunique() == 2
