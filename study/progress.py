@@ -85,7 +85,7 @@ class StudyProgress(tune.Callback):
     # -- helpers ------------------------------------------------------------
     def _entry(self, trial) -> dict:
         config = trial.config
-        key = config["trial"]["trial_key"] if "trial" in config else f"{trial.trial_id}"
+        key = config["trial"]["trial_key"] if "trial" in config else f"search-{trial.trial_id}"
         return self.states.setdefault(trial.trial_id, {"trial_id": trial.trial_id, "trial_key": key, "stage": self.stage,
                                                        "dir": trial.path.rstrip("/").rsplit("/", 1)[-1]})
 

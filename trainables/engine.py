@@ -146,11 +146,10 @@ def fit(
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
+    model = build_model(config).to(device)  # first: missing weights fail before any data work
     train_split, val_split = SPLITS[config.dataset]
     train_data = load_device_split(config, train_split, device, config.max_train_samples)
     val_data = load_device_split(config, val_split, device, config.max_val_samples)
-
-    model = build_model(config).to(device)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, trainable_parameters(model), device)

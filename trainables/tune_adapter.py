@@ -81,6 +81,7 @@ def local_copy(path_or_uri: str) -> str:
 
 def train_trial(config: dict, context: StudyContext) -> None:
     columns, train_config = resolve_trial(config, context)
+    columns.setdefault("trial_key", f"search-{tune.get_context().get_trial_id()}")  # searcher trials
     typed = {
         **columns,
         "arch": train_config.arch,
