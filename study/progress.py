@@ -20,6 +20,9 @@ import time
 import pyarrow.fs as pafs
 from ray import tune
 
+ENDED_STATES = ("finished", "early_stopped", "errored", "diverged")
+
+
 def trials_file(stage: str) -> str:
     return f"{stage}_trials.json"
 

@@ -121,6 +121,9 @@ def run_pretraining(spec, plan: Plan, storage: Storage, name: str, resources: di
         if result.error is not None:
             raise StudyError(f"pretraining job {job.trial_key} failed: {_last_line(result.error)}; "
                              f"its dependent trials cannot run. Fix the cause and `study resume {name}`.")
+        if result.metrics.get("diverged"):
+            raise StudyError(f"pretraining job {job.trial_key} diverged (non-finite loss) at epoch "
+                             f"{result.metrics.get('epoch')}; lower its lr in `pretraining.{job.source}` and run again")
         if result.checkpoint is None or result.metrics.get("epoch") != job.config["epochs"]:
             complete = False
             continue
@@ -137,8 +140,18 @@ def run_main(spec, plan: Plan, storage: Storage, name: str, resources: dict, enc
     else:
         grid = run_stage(spec, storage, name, "main", None, resources, encoders, search=plan.search)
         expected = plan.search.num_samples
-    # ASHA-stopped trials count as terminated; trials cut off by Ctrl-C do not.
-    return grid.num_terminated + grid.num_errors >= expected
+    return count_ended(storage, name, "main") >= expected
+
+
+def count_ended(storage: Storage, name: str, stage: str) -> int:
+    """Trials that reached an end state, as our callback recorded them.
+
+    Not Tune's count: after Ctrl-C Tune reports the trials it cut off as terminated.
+    """
+    from study.progress import ENDED_STATES, trials_file
+
+    states = storage.read_json(name, trials_file(stage), default={})
+    return sum(1 for entry in states.values() if entry.get("state") in ENDED_STATES)
 
 
 def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None, resources: dict, encoders: dict,

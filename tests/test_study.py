@@ -138,6 +138,38 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     assert restarted and all(epoch > 1 for epoch in restarted), restarted
 
 
+def test_ctrl_c_stops_the_run_and_prints_how_to_resume(tmp_path):
+    storage = tmp_path / "studies"
+    driver = start_study_cli(["run", str(TEST_SPECS / "resume.yaml"), "--name", "i"], tmp_path, storage,
+                             tmp_path / "driver.log")
+    trials_file = storage / "i" / "main_trials.json"
+
+    def a_trial_midway():
+        try:
+            states = json.loads(trials_file.read_text())
+        except (OSError, ValueError):
+            return False
+        return any(s["state"] == "running" and 2 <= (s.get("last_epoch") or 0) < 6 for s in states.values())
+
+    try:
+        wait_for(a_trial_midway, timeout=300, interval=0.1, what="a half-done trial")
+        os.kill(driver.pid, signal.SIGINT)
+        started = time.time()
+        returncode = driver.wait(timeout=60)
+        stopped_after = time.time() - started
+    finally:
+        kill_group(driver)
+    log = (tmp_path / "driver.log").read_text()
+    assert returncode == 130, log[-3000:]
+    assert stopped_after < 30
+    assert "study resume i" in log and "interrupted" in log
+    assert json.loads((storage / "i" / "study.json").read_text())["state"] == "interrupted"
+    resumed = run_study_cli(["resume", "i"], tmp_path, storage)
+    assert "study i finished" in resumed.stderr
+    results = load_results(Storage(storage), "i")
+    assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
