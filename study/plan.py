@@ -2,6 +2,7 @@
 
 The plan is written to the study folder before any trial starts; `resume`,
 `status` and the planned-vs-ran check read it back rather than trusting Ray's state.
+Everything here was validated by study/spec.py, so planning does not fail.
 """
 
 from __future__ import annotations
@@ -9,19 +10,18 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from study.spec import StudySpec
-from trainables.config import TrainConfig
 
-# Settings that change where or how fast a run goes, not what it learns: not part of a job's key.
-EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "fault_epoch")
+# Settings that change where or how fast a job runs, not what it learns: not part of its key.
+EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fault_epoch")
 
 
 @dataclass(frozen=True)
 class PretrainJob:
     source: str
-    key: str  # content hash of the training settings and the dataset's fingerprint
+    key: str  # sha256 (16 hex) of the settings that shape the encoder and of the dataset's fingerprint
     config: dict  # TrainConfig.to_dict(), data_root resolved
 
     @property
@@ -31,72 +31,61 @@ class PretrainJob:
 
 @dataclass(frozen=True)
 class PlannedTrial:
-    trial_key: str
+    trial_key: str  # <config_name>-s<seed>
     config_name: str
-    config: dict  # TrainConfig.to_dict(); `pretrain` keeps the source name, the runner gives the file
+    config: dict  # TrainConfig.to_dict(), data_root resolved; `pretrain` keeps the source name for the runner
 
 
 @dataclass(frozen=True)
 class SearchPlan:
-    variants: list  # valid categorical combinations
-    float_dims: dict  # name -> (kind, low, high)
+    variants: list  # every valid combination of the categorical dims, {setting: value}
+    float_dims: dict  # setting -> (loguniform | uniform, low, high)
     num_samples: int
-    seed: int
-    storage: str | None
-    base_config: dict  # TrainConfig.to_dict() shared by every sample
+    seed: int  # the sampler's
+    storage: str | None  # Optuna storage URL; None: the runner's default
+    base_config: dict  # TrainConfig fields every sample starts from (a variant and the floats go over it)
 
 
 @dataclass(frozen=True)
 class Plan:
     study_name: str
-    pretrain_jobs: list = field(default_factory=list)
-    trials: list = field(default_factory=list)  # grid studies
-    search: SearchPlan | None = None
-    dropped: list = field(default_factory=list)
+    pretrain_jobs: list  # PretrainJob
+    trials: list  # PlannedTrial; empty for a search
+    search: SearchPlan | None
+    dropped: list  # "N dropped: why"
 
     def job_for(self, source: str, arch: str, segformer_stem: str) -> PretrainJob:
         stem = "paper" if arch == "fcn_resnet50" else segformer_stem
-        return next(j for j in self.pretrain_jobs
-                    if (j.source, j.config["arch"], j.config["segformer_stem"]) == (source, arch, stem))
+        for job in self.pretrain_jobs:
+            if (job.source, job.config["arch"], job.config["segformer_stem"]) == (source, arch, stem):
+                return job
+        raise KeyError(f"no pretraining job for source {source!r}, arch {arch}, segformer_stem {stem}")
 
 
-def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], name: str | None = None) -> Plan:
-    """`fingerprint(dataset, root)` identifies a dataset's content (trainables.data.dataset_fingerprint)."""
-    jobs = _pretrain_jobs(spec, fingerprint)
+def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_name: str | None = None) -> Plan:
+    """`fingerprint(dataset, root)` identifies a dataset's content (trainables.data.dataset_fingerprint).
+
+    `study_name` is the name the study runs under (`study run --name`), default the spec's.
+    """
+    jobs = [PretrainJob(source=p.source, key=pretrain_key(p.config, fingerprint), config=p.config)
+            for p in spec.pretraining]
+    trials, search = [], None
     if spec.searcher.type == "grid":
-        trials = [
-            PlannedTrial(trial_key=f"{config_name}-s{seed}", config_name=config_name,
-                         config=_full_config(spec, {**settings, "seed": seed}))
-            for config_name, settings in spec.configurations
-            for seed in spec.seeds
-        ]
-        return Plan(study_name=name or spec.name, pretrain_jobs=jobs, trials=trials, dropped=list(spec.dropped))
-    search = SearchPlan(
-        variants=[dict(v) for v in spec.variants], float_dims=dict(spec.float_dims),
-        num_samples=spec.searcher.num_samples, seed=spec.searcher.seed, storage=spec.searcher.storage,
-        base_config=_full_config(spec, {**spec.train, "seed": spec.seeds[0]}),
-    )
-    return Plan(study_name=name or spec.name, pretrain_jobs=jobs, search=search, dropped=list(spec.dropped))
+        trials = [PlannedTrial(trial_key=f"{c.name}-s{seed}", config_name=c.name, config={**c.config, "seed": seed})
+                  for c in spec.configurations for seed in spec.seeds]
+    else:
+        search = SearchPlan(variants=[dict(v) for v in spec.variants], float_dims=dict(spec.float_dims),
+                            num_samples=spec.searcher.num_samples, seed=spec.searcher.seed,
+                            storage=spec.searcher.storage, base_config=spec.search_base_config())
+    return Plan(study_name=study_name or spec.name, pretrain_jobs=jobs, trials=trials, search=search,
+                dropped=list(spec.dropped))
 
 
-def _full_config(spec: StudySpec, settings: dict) -> dict:
-    return TrainConfig.from_dict({**settings, "data_root": spec.dataset_root(settings["dataset"])}).to_dict()
+def pretrain_key(config: dict, fingerprint: Callable[[str, str], str]) -> str:
+    """Same key, same encoder: an artifact made by any study with this key is reused.
 
-
-def _pretrain_jobs(spec: StudySpec, fingerprint: Callable[[str, str], str]) -> list[PretrainJob]:
-    needed = {}
-    for settings in spec.main_settings():
-        source = settings.get("pretrain", "none")
-        if source in spec.pretraining:
-            arch = settings.get("arch", "segformer_b0")
-            stem = "paper" if arch == "fcn_resnet50" else settings.get("segformer_stem", "paper")
-            needed[(source, arch, stem)] = None
-    jobs = []
-    for source, arch, stem in needed:
-        job_settings = {"seed": 0, **spec.pretraining[source], "arch": arch, "segformer_stem": stem}
-        config = _full_config(spec, job_settings)
-        learned = {k: v for k, v in sorted(config.items()) if k not in EXECUTION_ONLY}
-        data = fingerprint(config["dataset"], config["data_root"])
-        key = hashlib.sha256(json.dumps([learned, data], sort_keys=True).encode()).hexdigest()[:16]
-        jobs.append(PretrainJob(source=source, key=key, config=config))
-    return jobs
+    Unset optional settings (None) are left out too, so a new optional setting does not change old keys.
+    """
+    shaping = {k: v for k, v in config.items() if k not in EXECUTION_ONLY and v is not None}
+    data = fingerprint(config["dataset"], config["data_root"])
+    return hashlib.sha256(json.dumps([shaping, data], sort_keys=True).encode()).hexdigest()[:16]

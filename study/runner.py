@@ -38,7 +38,7 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
         )
     with study_lock(storage, name):
         generate_missing_datasets(spec)
-        plan = make_plan(spec, dataset_fingerprint)
+        plan = make_plan(spec, dataset_fingerprint, study_name=name)
         build_caches(plan)
         storage.write_text(spec.to_yaml(), name, "spec.yaml")
         storage.write_json(plan_to_json(plan), name, "plan.json")
@@ -221,8 +221,7 @@ def make_optuna_search(spec, search: SearchPlan, storage: Storage, name: str):
 
     from study.searcher import StudyOptunaSearch, VariantSpace
 
-    metric = spec.scheduler.metric if spec.scheduler.type != "fifo" else "val_miou"
-    mode = spec.scheduler.mode if spec.scheduler.type != "fifo" else "max"
+    metric, mode = spec.scheduler.metric, spec.scheduler.mode
     url = search.storage
     if url is None and storage.is_local:
         url = f"sqlite:///{storage.path(name, 'optuna.db')}"

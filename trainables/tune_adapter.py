@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -51,10 +50,8 @@ def resolve_trial(config: dict, context: StudyContext) -> tuple[dict, TrainConfi
         values.setdefault("stage", "main")
     columns = {k: values.pop(k) for k in TRIAL_FIELDS if k in values}
     source = values.get("pretrain", "none")
-    if source not in ("none", "imagenet") and not os.path.exists(source):
-        key = encoder_key(source, values.get("arch", ""), values.get("segformer_stem", "paper"))
-        if key not in context.encoders:
-            raise RuntimeError(f"no encoder was made for pretraining source {key!r}")
+    key = encoder_key(source, values.get("arch", ""), values.get("segformer_stem", "paper"))
+    if key in context.encoders:  # a pretraining source of the study; anything else is none, imagenet or a path
         values["pretrain"] = local_copy(context.encoders[key])
         columns["pretrain_source"] = source
         columns["encoder_source"] = context.encoders[key]
