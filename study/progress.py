@@ -16,6 +16,7 @@ import json
 import math
 import sys
 import time
+from pathlib import Path
 
 import pyarrow.fs as pafs
 from ray import tune
@@ -72,16 +73,14 @@ class StudyProgress(tune.Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         entry = self._entry(trial)
-        error = trial.get_error()
-        message = str(error).strip().splitlines()[-1] if error else "unknown error"
+        message = _error_message(trial)
         entry.update(state="errored", ended=time.time(), error=message, checkpoint=_checkpoint_path(trial))
         self._save(trial)
         self._say(f"errored {entry['trial_key']}: {message}", trials)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         entry = self._entry(trial)
-        error = trial.get_error()
-        entry.update(state="pending", last_error=str(error).strip().splitlines()[-1] if error else None)
+        entry.update(state="pending", last_error=_error_message(trial))
         self._save(trial)
         self._say(f"retrying {entry['trial_key']} from its last checkpoint ({entry['last_error']})", trials)
 
@@ -126,6 +125,25 @@ def _filesystem_and_path(path: str):
     if "://" in path:
         return pafs.FileSystem.from_uri(path)
     return pafs.LocalFileSystem(), path
+
+
+def _error_message(trial, limit: int = 300) -> str:
+    """The last line of the trial's latest error: the exception, or why its worker died.
+
+    Tune writes error.txt locally first and syncs it to storage later, so read the local copy.
+    """
+    try:
+        text = Path(trial.error_file).read_text()
+    except (OSError, TypeError):  # TypeError: no error file recorded yet
+        text = ""
+    if not text:
+        text = str(trial.get_error() or "")
+    failures = text.split("Failure # ")
+    lines = [line.strip() for line in failures[-1].strip().splitlines()[1:] if line.strip()] if failures[-1] else []
+    message = lines[-1] if lines else "unknown error"
+    if "worker process has died" in message or "actor died" in message.lower():
+        message = "the trial's worker process died (killed, out of memory or crashed)"
+    return message if len(message) <= limit else message[: limit - 3] + "..."
 
 
 def _checkpoint_path(trial) -> str | None:

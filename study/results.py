@@ -30,7 +30,7 @@ class StudyResults:
     name: str
     trials: pd.DataFrame
     epochs: pd.DataFrame
-    state: str  # running | interrupted | finished | planned
+    state: str  # planned | running | interrupted | incomplete | finished
     plan: dict
 
 
@@ -110,7 +110,7 @@ def _trial_row(study: str, stage: str, last: dict, epochs: list[dict], recorded:
         node_ip=last.get("node_ip"),
         hostname=last.get("hostname"),
         device=last.get("device"),
-        checkpoint=recorded.get("checkpoint"),
+        checkpoint=_under(path, recorded.get("checkpoint")),
         error=recorded.get("error"),
         attempts=recorded.get("attempts"),
         reused=False,
@@ -150,6 +150,16 @@ def _add_pending(plan: dict, trial_rows: list, name: str) -> None:
         row.update({column: config.get(column) for column in CONFIG_COLUMNS if column in config})
         row["epochs_planned"] = config.get("epochs")
         trial_rows.append(row)
+
+
+def _under(trial_path: str, checkpoint: str | None) -> str | None:
+    """The checkpoint folder under the trial's folder where the study is now (it may have moved)."""
+    if not checkpoint:
+        return None
+    parts = checkpoint.rstrip("/").rsplit("/", 2)
+    if len(parts) == 3 and parts[1] == trial_path.rstrip("/").rsplit("/", 1)[-1]:
+        return f"{trial_path.rstrip('/')}/{parts[2]}"
+    return checkpoint
 
 
 def _trial_columns(rows: list[dict]) -> list[str]:

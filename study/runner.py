@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import socket
 import sys
@@ -49,7 +50,7 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
 def resume_study(storage: Storage, name: str, address: str | None = None) -> int:
     storage.require_study(name)
     state = storage.read_json(name, "study.json", default={})
-    if state.get("state") == "finished":
+    if state.get("state") == "finished" and not check_against_plan(storage, name, quiet=True).incomplete:
         _say(f"study {name} is already finished; nothing to resume (see `study status {name}`)")
         return 0
     with study_lock(storage, name):
@@ -87,14 +88,42 @@ def execute(spec: StudySpec, plan: Plan, storage: Storage, name: str, address: s
 
             ray.shutdown()
     history[-1]["ended"] = time.time()
-    outcome = "finished" if complete else "interrupted"
-    storage.write_json({"state": outcome, "history": history}, name, "study.json")
     if not complete:
+        storage.write_json({"state": "interrupted", "history": history}, name, "study.json")
         _say(f"study {name} was interrupted; finished trials are kept. Continue it with:\n"
              f"    study resume {name} --storage {storage.root}")
         return INTERRUPTED_EXIT
+    storage.write_json({"state": "finished", "history": history}, name, "study.json")
+    audit = check_against_plan(storage, name)
+    if audit.incomplete:
+        storage.write_json({"state": "incomplete", "history": history, "problems": audit.problems()}, name, "study.json")
+        _say(f"study {name} is incomplete: `study resume {name} --storage {storage.root}` runs what is missing")
+        return 1
     _say(f"study {name} finished. See `study status {name}`, `study report {name}`, `study export {name}`.")
     return 0
+
+
+def check_against_plan(storage: Storage, name: str, quiet: bool = False):
+    """Each planned trial ran exactly once? Prints the outcome by state and anything amiss."""
+    from study.audit import audit_study
+    from study.results import load_results
+
+    results = load_results(storage, name)
+    audit = audit_study(results)
+    if quiet:
+        return audit
+    ran = results.trials[results.trials["trial_id"].notna()]
+    for stage in ("pretrain", "main"):
+        counts = ran.loc[ran["stage"] == stage, "status"].value_counts()
+        if len(counts):
+            _say(f"[{stage}] " + ", ".join(f"{n} {state.replace('_', ' ')}" for state, n in counts.items()))
+    for _, row in ran[ran["status"] == "errored"].iterrows():
+        _say(f"  errored {row['trial_key']} after {row.get('attempts')} attempt(s): {row.get('error')}")
+    for _, row in ran[ran["status"] == "diverged"].iterrows():
+        _say(f"  diverged {row['trial_key']} at epoch {row.get('diverged_epoch')}")
+    for problem in audit.problems():
+        _say(f"check against the plan: {problem}")
+    return audit
 
 
 def run_pretraining(spec, plan: Plan, storage: Storage, name: str, resources: dict) -> tuple[dict, bool]:
@@ -113,8 +142,8 @@ def run_pretraining(spec, plan: Plan, storage: Storage, name: str, resources: di
         return encoders, True
     trials = [{**job.config, "trial_key": job.trial_key, "config_name": f"pretrain_{job.source}", "stage": "pretrain"}
               for job in missing]
-    grid = run_stage(spec, storage, name, "pretrain", trials, resources, encoders={})
-    complete = True
+    grid, interrupted = run_stage(spec, storage, name, "pretrain", trials, resources, encoders={})
+    complete = not interrupted
     by_trial_key = {job.trial_key: job for job in missing}
     for result in grid:
         job = by_trial_key[result.config["trial"]["trial_key"]]
@@ -132,15 +161,22 @@ def run_pretraining(spec, plan: Plan, storage: Storage, name: str, resources: di
 
 
 def run_main(spec, plan: Plan, storage: Storage, name: str, resources: dict, encoders: dict) -> bool:
-    if plan.search is None:
-        trials = [{**t.config, "trial_key": t.trial_key, "config_name": t.config_name, "stage": "main"}
-                  for t in plan.trials]
-        grid = run_stage(spec, storage, name, "main", trials, resources, encoders)
-        expected = len(trials)
-    else:
-        grid = run_stage(spec, storage, name, "main", None, resources, encoders, search=plan.search)
-        expected = plan.search.num_samples
-    return count_ended(storage, name, "main") >= expected
+    if plan.search is not None:
+        interrupted = run_stage(spec, storage, name, "main", None, resources, encoders, search=plan.search)[1]
+        return not interrupted and count_ended(storage, name, "main") >= plan.search.num_samples
+    trials = [{**t.config, "trial_key": t.trial_key, "config_name": t.config_name, "stage": "main"}
+              for t in plan.trials]
+    if run_stage(spec, storage, name, "main", trials, resources, encoders)[1]:
+        return False
+    # Tune says the stage is done; the plan decides. Trials Tune skipped or forgot run now.
+    ended = ended_keys(storage, name, "main")
+    missing = [trial for trial in trials if trial["trial_key"] not in ended]
+    if missing:
+        _say(f"[main] {len(missing)} planned trial(s) have not run to the end although Tune's state says the "
+             f"stage is done: {', '.join(t['trial_key'] for t in missing)}; running them now")
+        if run_stage(spec, storage, name, "main", missing, resources, encoders, fresh=True)[1]:
+            return False
+    return True
 
 
 def count_ended(storage: Storage, name: str, stage: str) -> int:
@@ -154,9 +190,21 @@ def count_ended(storage: Storage, name: str, stage: str) -> int:
     return sum(1 for entry in states.values() if entry.get("state") in ENDED_STATES)
 
 
+def ended_keys(storage: Storage, name: str, stage: str) -> set[str]:
+    """Trial keys that ended, by our callback's record, and whose folder still holds their results."""
+    from study.progress import ENDED_STATES, trials_file
+
+    states = storage.read_json(name, trials_file(stage), default={})
+    return {entry["trial_key"] for entry in states.values()
+            if entry.get("state") in ENDED_STATES and storage.exists(name, stage, entry["dir"], "result.json")}
+
+
 def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None, resources: dict, encoders: dict,
-              search: SearchPlan | None = None):
-    """One Tune experiment; restored from its folder when an earlier driver started it."""
+              search: SearchPlan | None = None, fresh: bool = False):
+    """One Tune experiment, restored from its folder when an earlier driver started it (unless `fresh`).
+
+    Returns (Tune's results, whether the user interrupted it).
+    """
     from ray import tune
 
     from study.progress import StudyProgress, trials_file
@@ -169,14 +217,14 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     )
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
     experiment = storage.uri(name, stage)
-    if tune.Tuner.can_restore(experiment):
+    if not fresh and tune.Tuner.can_restore(experiment):
         _say(f"[{stage}] restoring the experiment at {experiment}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
         # The restored run config is the pickled one: point our callback at where the study is now.
         for callback in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(callback, StudyProgress):
                 callback.states_uri = storage.uri(name, trials_file(stage))
-        return tuner.fit()
+        return fit_watched(tuner)
 
     scheduler = make_scheduler(spec, stage)
     tune_config = dict(
@@ -202,7 +250,41 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     )
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                        run_config=run_config)
-    return tuner.fit()
+    return fit_watched(tuner)
+
+
+class TuneLogWatch(logging.Filter):
+    """Drops Tune's log lines that the study says better itself, and notes an interruption.
+
+    A failed trial's traceback is in its folder's error.txt and its last line in our
+    progress output; Tune's resume hint names Tuner.restore, ours `study resume`.
+    """
+
+    QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted")
+    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller")
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Experiment has been interrupted"):
+            self.interrupted = True
+        return not message.startswith(self.QUIET)
+
+
+def fit_watched(tuner):
+    watch = TuneLogWatch()
+    loggers = [logging.getLogger(name) for name in TuneLogWatch.LOGGERS]
+    for logger in loggers:
+        logger.addFilter(watch)
+    try:
+        grid = tuner.fit()
+    finally:
+        for logger in loggers:
+            logger.removeFilter(watch)
+    return grid, watch.interrupted
 
 
 def make_scheduler(spec, stage: str):

@@ -63,6 +63,28 @@ def test_fault_hook_raises_at_the_given_epoch(pets_root, tmp_path):
     assert seen == [1]
 
 
+def test_fault_once_spares_an_attempt_resumed_from_a_checkpoint(pets_root, tmp_path):
+    config = tiny_config(pets_root, tmp_path, epochs=3, fault_epoch=3, fault_once=True)
+    path = tmp_path / "state.pt"
+
+    def keep_epoch_2(record, training_state):
+        if record["epoch"] == 2:
+            torch.save(training_state(), path)
+
+    with pytest.raises(FaultInjected):
+        fit(config, on_epoch_end=keep_epoch_2)
+    resumed = fit(config, resume_state=torch.load(path, weights_only=False))
+    assert [r["epoch"] for r in resumed.records] == [3]
+
+
+def test_non_finite_loss_stops_the_run_as_diverged(pets_root, tmp_path):
+    result = fit(tiny_config(pets_root, tmp_path, epochs=4, fault_epoch=2, fault_kind="nan"))
+    assert result.status == "diverged"
+    assert [r["epoch"] for r in result.records] == [1, 2]
+    assert [r["diverged"] for r in result.records] == [False, True]
+    assert math.isnan(result.records[-1]["train_loss"]) and not result.records[-1]["validated"]
+
+
 def test_export_encoder_last_matches_the_trained_model(pets_root, tmp_path):
     path = tmp_path / "state.pt"
     result = fit(tiny_config(pets_root, tmp_path, epochs=2, export_encoder="last"),

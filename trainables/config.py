@@ -21,6 +21,7 @@ FREEZE = ("none", "encoder")
 SEGFORMER_STEMS = ("paper", "small_input")
 IMAGENET_WEIGHTS = ("DEFAULT", "IMAGENET1K_V1", "IMAGENET1K_V2")
 ENCODER_EXPORT = ("none", "last", "best")
+FAULT_KINDS = ("raise", "kill", "nan")
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,13 @@ class TrainConfig:
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     export_encoder: str = "none"  # none | last | best: write encoder.pt at the end
 
-    # test-only fault injection: raise at the start of this epoch (0 = never)
+    # Test-only fault injection at the start of epoch `fault_epoch` (0 = never):
+    # raise = an exception; kill = SIGKILL of the trial's own process; nan = NaN weights,
+    # so that the loss diverges for real. With fault_once the fault fires only in an
+    # attempt that started from scratch, not in one resumed from a checkpoint.
     fault_epoch: int = 0
+    fault_kind: str = "raise"
+    fault_once: bool = False
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -81,6 +87,7 @@ class TrainConfig:
         _choice("imagenet_weights", self.imagenet_weights, IMAGENET_WEIGHTS)
         _choice("export_encoder", self.export_encoder, ENCODER_EXPORT)
         _choice("amp", self.amp, ("auto", "bf16", "off"))
+        _choice("fault_kind", self.fault_kind, FAULT_KINDS)
         if len(size) != 2 or min(size) < 16:
             raise ConfigError(f"image_size: expected (height, width) of at least 16 pixels each, got {self.image_size!r}")
         for name in ("epochs", "batch_size", "val_interval", "step_size"):

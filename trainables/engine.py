@@ -9,7 +9,9 @@ state with live tensors (no copy, for speed): serialise it within the callback.
 from __future__ import annotations
 
 import math
+import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -192,8 +194,8 @@ def fit(
         return build
 
     for epoch in range(start_epoch, config.epochs + 1):
-        if config.fault_epoch and epoch == config.fault_epoch:
-            raise FaultInjected(f"fault injected at epoch {epoch} (fault_epoch setting)")
+        if config.fault_epoch == epoch and not (config.fault_once and resume_state is not None):
+            inject_fault(config, model, epoch)
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train = train_one_epoch(
@@ -246,6 +248,17 @@ def fit(
             result.status = "diverged"
             break
     return result
+
+
+def inject_fault(config: TrainConfig, model: nn.Module, epoch: int) -> None:
+    """The test-only fault hook: what a crash, a killed worker or a divergence looks like."""
+    if config.fault_kind == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if config.fault_kind == "nan":
+        with torch.no_grad():
+            next(model.parameters()).fill_(math.nan)
+        return
+    raise FaultInjected(f"fault injected at epoch {epoch} (fault_epoch setting)")
 
 
 def format_record(record: dict) -> str:
