@@ -408,12 +408,15 @@ def _validate(raw: dict, problems: _Problems, environ: Mapping[str, str], overri
     else:
         variants, float_dims, dropped = _expand_search(declared, space, excludes, train, datasets, pretraining, seeds,
                                                        problems)
+    # A configuration rejected above yields no trials: rows naming it would only repeat its problem.
+    check_matches = not problems.lines
     main = [c.config for c in configurations] or [_complete({**train, **v}) for v in variants]
     jobs = _pretraining_jobs(pretraining, main, train, datasets, problems)
     epochs = _complete(train)["epochs"]  # ASHA's max_t
     if scheduler.type == "asha" and scheduler.grace_period > epochs:
         problems.add("scheduler.grace_period", f"expected at most train.epochs ({epochs}), got {scheduler.grace_period}")
-    tables = _tables(raw.get("tables"), configurations, variants, float_dims, train, seeds, problems)
+    tables = _tables(raw.get("tables"), configurations, variants, float_dims, train, seeds, problems,
+                     check_matches)
     if problems.lines:
         return None
     return StudySpec(
@@ -826,7 +829,7 @@ def _train_config(settings: dict, origins: dict, path: str, datasets: dict, prob
 
 
 def _tables(value: Any, configurations: list, variants: list, float_dims: dict, train: dict, seeds: tuple,
-            problems: _Problems) -> tuple[TableSpec, ...]:
+            problems: _Problems, check_matches: bool = True) -> tuple[TableSpec, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -876,8 +879,8 @@ def _tables(value: Any, configurations: list, variants: list, float_dims: dict, 
                 problems.add(f"{row_path}.label", f"expected the row's label, got {_kind(label)}")
             match = _match(problems.mapping(row.get("match"), f"{row_path}.match", required=True),
                            f"{row_path}.match", problems)
-            if match and not any(all(k in unknowable or _same_value(c[k], v) for k, v in match.items())
-                                 for c in candidates):
+            if check_matches and match and not any(
+                    all(k in unknowable or _same_value(c[k], v) for k, v in match.items()) for c in candidates):
                 problems.add(f"{row_path}.match", f"{match} matches no trial of this study")
             specs.append(RowSpec(label=str(label), match=match))
         tables.append(TableSpec(name=str(name), title=str(title), columns=tuple(columns), rows=tuple(specs)))
@@ -956,8 +959,11 @@ def _space_origins(space: tuple) -> dict[str, str]:
 
 
 def _undeclared_source(source: Any, pretraining: dict) -> str:
+    hint = _suggest(source, list(pretraining))
+    if not hint and isinstance(source, str) and NAME.match(source):
+        hint = f"; to pre-train one, declare its job: `pretraining: {{{source}: {{dataset: ...}}}}`"
     return (f"pretrain {source!r} is not 'none', 'imagenet' or a source declared under pretraining "
-            f"(declared: {sorted(pretraining)}){_suggest(source, list(pretraining))}")
+            f"(declared: {sorted(pretraining)}){hint}")
 
 
 def _settings_key(settings: dict) -> str:

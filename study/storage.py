@@ -12,6 +12,7 @@ Layout under the storage root:
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import uuid
@@ -100,4 +101,6 @@ class Storage:
         if not self.exists(name, "plan.json"):
             known = self.studies()
             listing = ", ".join(known) if known else "none"
-            raise StudyError(f"no study named {name!r} in storage {self.root} (known studies: {listing})")
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise StudyError(f"no study named {name!r} in storage {self.root} (known studies: {listing}){hint}")

@@ -38,6 +38,9 @@ EXPECTED_LAYOUT = """\
 
 def list_samples(root: Path, split: str) -> list[Sample]:
     """The split's (image, label) files, sorted by image path."""
+    if not root.is_dir():
+        raise DatasetError(f"cityscapes dataset at {root}: the folder {root} does not exist; expected this layout:\n"
+                           f"{EXPECTED_LAYOUT}")
     for needed in (root / "leftImg8bit" / split, root / "gtFine" / split):
         if not needed.is_dir():
             hint = ""

@@ -30,6 +30,9 @@ def list_samples(root: Path, split: str) -> list[Sample]:
     """The split's (image, trimap) files, sorted by image path."""
     base = root / "oxford-iiit-pet"
     list_file = base / "annotations" / f"{split}.txt"
+    if not root.is_dir():
+        raise DatasetError(f"pets dataset at {root}: the folder {root} does not exist; expected this layout:\n"
+                           f"{EXPECTED_LAYOUT}")
     for needed in (base / "images", base / "annotations" / "trimaps", list_file):
         if not needed.exists():
             hint = ""

@@ -56,4 +56,5 @@ def _require_cached(weights: ResNet50_Weights, name: str) -> None:
         raise WeightsError(
             f"pretrain 'imagenet': the ResNet-50 weights {name} ({weights.name}) are not in the local cache; "
             f"expected the file {path}. Nothing can be downloaded here. Place that file there "
-            f"(TORCH_HOME moves the cache), or set pretrain to the path of a local ResNet-50 state dict.")
+            f"(TORCH_HOME moves the cache), or set pretrain to the path of a local ResNet-50 state dict "
+            f"(`pretrain: /path/to/resnet50.pth` in a study file, `--pretrain /path/to/resnet50.pth` for study train).")
