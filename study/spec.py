@@ -97,8 +97,8 @@ from typing import Any
 import yaml
 
 from study.errors import SpecError
-from trainables.config import (ARCHS, DATASETS, ENCODER_EXPORT, FREEZE, IMAGENET_WEIGHTS, OPTIMIZERS, SCHEDULERS,
-                               SEGFORMER_STEMS, TrainConfig)
+from trainables.config import (ARCHS, DATASETS, ENCODER_EXPORT, FAULT_KINDS, FREEZE, IMAGENET_WEIGHTS, OPTIMIZERS,
+                               SCHEDULERS, SEGFORMER_STEMS, TrainConfig)
 from trainables.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "datasets", "train", "configurations", "space", "exclude", "seeds", "searcher",
@@ -124,7 +124,8 @@ NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+=-]*\Z")  # safe in folder names and
 FIELD_TYPES = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 DEFAULTS = TrainConfig().to_dict()
 CHOICES = {"arch": ARCHS, "dataset": DATASETS, "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS, "freeze": FREEZE,
-           "segformer_stem": SEGFORMER_STEMS, "imagenet_weights": IMAGENET_WEIGHTS, "export_encoder": ENCODER_EXPORT}
+           "segformer_stem": SEGFORMER_STEMS, "imagenet_weights": IMAGENET_WEIGHTS, "export_encoder": ENCODER_EXPORT,
+           "fault_kind": FAULT_KINDS}
 # TrainConfig fields a study file does not set, and why: shown instead of "unknown key".
 NOT_SETTINGS = {"data_root": "comes from datasets.<name>.root", "cache_dir": "is <data root>/.segstudy-cache"}
 NOT_PER_TRIAL = {**NOT_SETTINGS, "seed": "comes from `seeds`"}
