@@ -163,7 +163,10 @@ def run_pretraining(spec, plan: Plan, storage: Storage, name: str, resources: di
 def run_main(spec, plan: Plan, storage: Storage, name: str, resources: dict, encoders: dict) -> bool:
     if plan.search is not None:
         interrupted = run_stage(spec, storage, name, "main", None, resources, encoders, search=plan.search)[1]
-        return not interrupted and count_ended(storage, name, "main") >= plan.search.num_samples
+        complete = not interrupted and count_ended(storage, name, "main") >= plan.search.num_samples
+        if complete:
+            sync_optuna_study(spec, plan.search, storage, name)
+        return complete
     trials = [{**t.config, "trial_key": t.trial_key, "config_name": t.config_name, "stage": "main"}
               for t in plan.trials]
     if run_stage(spec, storage, name, "main", trials, resources, encoders)[1]:
@@ -301,18 +304,52 @@ def make_scheduler(spec, stage: str):
 def make_optuna_search(spec, search: SearchPlan, storage: Storage, name: str):
     import optuna
 
-    from study.searcher import StudyOptunaSearch, VariantSpace
+    from study.searcher import StudyOptunaSearch
 
-    metric, mode = spec.scheduler.metric, spec.scheduler.mode
-    url = search.storage
-    if url is None and storage.is_local:
-        url = f"sqlite:///{storage.path(name, 'optuna.db')}"
-    optuna_storage = optuna.storages.RDBStorage(url) if url else None
+    url = optuna_storage_url(search, storage, name)
     return StudyOptunaSearch(
-        space=VariantSpace(tuple(variant_label(v) for v in search.variants), tuple(search.float_dims.items())),
-        metric=metric, mode=mode, sampler=optuna.samplers.TPESampler(seed=search.seed),
-        study_name=name, storage=optuna_storage,
+        space=variant_space(search), metric=spec.scheduler.metric, mode=spec.scheduler.mode,
+        sampler=optuna.samplers.TPESampler(seed=search.seed),
+        study_name=name, storage=optuna.storages.RDBStorage(url) if url else None,
     )
+
+
+def optuna_storage_url(search: SearchPlan, storage: Storage, name: str) -> str | None:
+    """The study file's Optuna storage, else an SQLite file in a local study folder (else in memory)."""
+    if search.storage is None and storage.is_local:
+        return f"sqlite:///{storage.path(name, 'optuna.db')}"
+    return search.storage
+
+
+def variant_space(search: SearchPlan):
+    from study.searcher import VariantSpace
+
+    return VariantSpace(tuple(variant_label(v) for v in search.variants), tuple(search.float_dims.items()))
+
+
+def sync_optuna_study(spec, search: SearchPlan, storage: Storage, name: str) -> None:
+    """After the sweep: each Tune trial once in the Optuna study, with its final state and value."""
+    import optuna
+
+    from study.progress import ENDED_STATES
+    from study.results import load_results
+    from study.searcher import reconcile_optuna_study
+
+    url = optuna_storage_url(search, storage, name)
+    if url is None:
+        return
+    trials = load_results(storage, name).trials
+    ended = trials[(trials["stage"] == "main") & trials["status"].isin(ENDED_STATES)]
+    tune_trials = []
+    for _, row in ended.iterrows():
+        directory = row["path"].rstrip("/").rsplit("/", 1)[-1]
+        first = json.loads(storage.read_text(name, "main", directory, "result.json").splitlines()[0])
+        tune_trials.append({"trial_id": row["trial_id"], "config": first["config"], "status": row["status"],
+                            "value": row.get(f"final_{spec.scheduler.metric}")})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, variant_space(search),
+                                     spec.scheduler.metric, spec.scheduler.mode, tune_trials)
+    _say(f"[optuna] {outcome}")
 
 
 def variant_label(variant: dict) -> str:

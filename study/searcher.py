@@ -42,3 +42,47 @@ class StudyOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id in self._ot_trials:
             super().on_trial_complete(trial_id, result, error)
+
+
+def reconcile_optuna_study(optuna_storage, study_name: str, space: VariantSpace, metric: str, mode: str,
+                           tune_trials: list[dict]) -> str:
+    """Make the Optuna study hold each Tune trial exactly once, with its final state and value.
+
+    `tune_trials`: {"trial_id", "config" (Tune's: variant and floats), "status", "value"} per
+    ended trial. A driver killed mid-sweep and restored leaves Optuna trials RUNNING forever
+    beside re-suggested copies; once the sweep has ended the study is rebuilt from Tune's
+    trials, so dashboards and importance analysis count each trial once. Returns what was done.
+    """
+    import optuna
+
+    def expected(trial: dict) -> tuple[dict, float | None]:
+        params = {"variant": trial["config"]["variant"]}
+        params.update({name: trial["config"][name] for name, _ in space.float_dims})
+        value = trial["value"]
+        ok = trial["status"] in ("finished", "early_stopped") and value is not None and value == value
+        return params, (float(value) if ok else None)
+
+    def signature(params: dict, value: float | None) -> str:
+        return repr((sorted(params.items()), value))
+
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage)
+    have = study.get_trials(deepcopy=False)
+    wanted = sorted(signature(*expected(t)) for t in tune_trials)
+    present = sorted(signature(t.params, t.value if t.state.name == "COMPLETE" else None) for t in have)
+    if wanted == present and all(t.state.is_finished() for t in have):
+        return f"the Optuna study agrees with Tune ({len(have)} trials)"
+    distributions = {"variant": optuna.distributions.CategoricalDistribution(list(space.variants))}
+    for name, (kind, low, high) in space.float_dims:
+        distributions[name] = optuna.distributions.FloatDistribution(float(low), float(high), log=kind == "loguniform")
+    running = sum(1 for t in have if t.state == optuna.trial.TrialState.RUNNING)
+    optuna.delete_study(study_name=study_name, storage=optuna_storage)
+    rebuilt = optuna.create_study(study_name=study_name, storage=optuna_storage,
+                                  direction="maximize" if mode == "max" else "minimize")
+    for trial in tune_trials:
+        params, value = expected(trial)
+        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
+        rebuilt.add_trial(optuna.trial.create_trial(
+            params=params, distributions=distributions, value=value, state=state,
+            user_attrs={"tune_trial_id": trial["trial_id"], "status": trial["status"], "metric": metric}))
+    return (f"rebuilt the Optuna study from Tune's {len(tune_trials)} trials (it held {len(have)}, "
+            f"{running} left RUNNING by the interruption)")

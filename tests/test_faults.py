@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -11,7 +14,7 @@ import pytest
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import TEST_SPECS, run_study_cli
+from tests.study_helpers import SPECS, TEST_SPECS, kill_group, run_study_cli, start_study_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +86,72 @@ def test_resume_runs_planned_trials_that_the_backend_lost(tmp_path):
     assert (storage / "t" / "main" / "segformer_frozen-s0" / "result.json").read_text() == kept
     again = run_study_cli(["resume", "t"], tmp_path, storage)
     assert "already finished" in again.stderr
+
+
+def _states(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _kill_driver_when(driver, condition, log: Path, what: str) -> None:
+    try:
+        wait_for(condition, timeout=300, interval=0.1, what=what)
+    except AssertionError:
+        kill_group(driver)
+        raise AssertionError(f"{what} never came:\n" + log.read_text()[-5000:])
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
+    driver.wait()
+    time.sleep(2)
+    kill_group(driver)  # then the Ray processes it left behind
+
+
+def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
+    """Driver SIGKILLed in pretraining, then in the main stage of an Optuna + ASHA search, the
+    study folder moved in between: resume completes it with exactly the planned samples, and
+    the Optuna storage holds each Tune trial once, none left RUNNING."""
+    import optuna
+
+    first_home, storage = tmp_path / "first", tmp_path / "moved"
+    args = ["run", str(SPECS / "smoke_search.yaml"), "--name", "o"]
+    log = tmp_path / "driver.log"
+    driver = start_study_cli(args, tmp_path, first_home, log)
+    _kill_driver_when(driver, lambda: any(s["state"] == "running" and s.get("last_epoch")
+                                          for s in _states(first_home / "o" / "pretrain_trials.json").values()),
+                      log, "a pretraining trial one epoch in")
+    assert not (first_home / "_artifacts").exists()  # no encoder saved yet
+    shutil.move(first_home, storage)  # the storage moves, as to another disk or machine
+
+    driver = start_study_cli(["resume", "o"], tmp_path, storage, log)
+    main_states = storage / "o" / "main_trials.json"
+
+    def some_ended_and_one_midway():
+        states = _states(main_states).values()
+        ended = [s for s in states if s["state"] in ("finished", "early_stopped")]
+        return len(ended) >= 2 and any(s["state"] == "running" and s.get("last_epoch") for s in states)
+
+    _kill_driver_when(driver, some_ended_and_one_midway, log, "two ended searcher trials and one midway")
+    assert "saved encoder" in log.read_text()
+    ended_before = {s["dir"]: (storage / "o" / "main" / s["dir"] / "result.json").read_text()
+                    for s in _states(main_states).values() if s["state"] in ("finished", "early_stopped")}
+
+    resumed = run_study_cli(["resume", "o"], tmp_path, storage)
+    assert "[pretrain] reusing encoder" in resumed.stderr and "study o finished" in resumed.stderr
+    results = load_results(Storage(storage), "o")
+    main = results.trials[results.trials["stage"] == "main"]
+    assert len(main) == 6 and set(main["status"]) <= {"finished", "early_stopped"}
+    assert main["trial_id"].is_unique
+    for directory, text in ended_before.items():
+        assert (storage / "o" / "main" / directory / "result.json").read_text() == text
+    assert all(str(c).startswith(str(storage)) for c in results.trials["checkpoint"].dropna())
+
+    study = optuna.load_study(study_name="o", storage=f"sqlite:///{storage / 'o' / 'optuna.db'}")
+    optuna_trials = study.get_trials(deepcopy=False)
+    assert [t.state.name for t in optuna_trials] == ["COMPLETE"] * 6
+    assert sorted(t.user_attrs.get("tune_trial_id") or "" for t in optuna_trials) == sorted(main["trial_id"]) \
+        or "agrees with Tune" in resumed.stderr
+    assert sorted(t.value for t in optuna_trials) == pytest.approx(sorted(main["final_val_miou"]))
+
+    run_study_cli(["report", "o"], tmp_path, storage)
+    assert (storage / "o" / "report" / "report.md").exists()
