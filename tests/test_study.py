@@ -56,6 +56,8 @@ def test_smoke_study_end_to_end(tmp_path):
     job = plan["pretrain_jobs"][0]
     artifact = Storage(storage).uri("_artifacts", "encoders", job["key"], "encoder.pt")
     assert set(dependent["encoder_source"]) == {artifact}
+    # one torch thread per trial: each was given one CPU (resources.cpu), so packed trials do not fight
+    assert set(epochs["num_threads"]) == {1}
     # a frozen encoder ends bit-identical to the pretrained one it was loaded from
     pretrained = artifact_encoder(artifact)
     frozen = main[(main["pretrain"] == "cityscapes") & (main["freeze"] == "encoder")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -76,8 +77,23 @@ def local_copy(path_or_uri: str) -> str:
     return str(target)
 
 
+def threads_for(assigned: dict, cores: int | None = None) -> int:
+    """torch intra-op threads for a trial: its whole assigned CPUs (at least 1, at most the cores).
+
+    `assigned` is `ray.get_runtime_context().get_assigned_resources()` ({"CPU": 2.0, "GPU": 0.25}).
+    Trials packed on one machine then share its cores instead of each starting one
+    thread per core and fighting over them; a fractional CPU gets one thread.
+    """
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(int(assigned.get("CPU", 0) or 0), max(1, cores)))
+
+
 def train_trial(config: dict, context: StudyContext) -> None:
     columns, train_config = resolve_trial(config, context)
+    if train_config.num_threads is None:  # fit() applies num_threads with torch.set_num_threads
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        train_config = dataclasses.replace(train_config, num_threads=threads_for(assigned))
     columns.setdefault("trial_key", f"search-{tune.get_context().get_trial_id()}")  # searcher trials
     typed = {
         **columns,
@@ -87,6 +103,7 @@ def train_trial(config: dict, context: StudyContext) -> None:
         "segformer_stem": train_config.segformer_stem,
         "dataset": train_config.dataset,
         "epochs_planned": train_config.epochs,
+        "num_threads": train_config.num_threads,
         "node_id": ray.get_runtime_context().get_node_id(),
         "device": "cuda" if torch.cuda.is_available() and train_config.device != "cpu" else "cpu",
     }
