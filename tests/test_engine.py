@@ -121,3 +121,17 @@ def test_learning_segformer_beats_predicting_one_class(pets_root, tmp_path):
     counts = torch.bincount(torch.from_numpy(masks.copy()).flatten().long(), minlength=3)[:3]
     one_class_miou = float(counts.max() / counts.sum()) / 3
     assert result.best_val_miou > one_class_miou + 0.2, (result.best_val_miou, one_class_miou)
+
+
+def test_fast_path_switches_stay_within_noise_of_fp32(pets_root, tmp_path):
+    """bf16 autocast and channels_last change results by less than another seed does."""
+    base = tiny_config(pets_root, tmp_path, epochs=6, val_interval=3, amp="off", channels_last=False)
+    fp32, other_seed = fit(base), fit(base.replace(seed=4))
+    fast = fit(base.replace(amp="bf16", channels_last=True))
+    seed_noise = abs(fp32.best_val_miou - other_seed.best_val_miou)
+    assert abs(fast.best_val_miou - fp32.best_val_miou) <= max(2 * seed_noise, 0.03), (
+        fast.best_val_miou, fp32.best_val_miou, other_seed.best_val_miou)
+    assert fast.records[-1]["train_loss"] == pytest.approx(fp32.records[-1]["train_loss"], rel=0.1)
+    # channels_last alone only reorders floating-point sums
+    channels_last = fit(base.replace(channels_last=True, epochs=1))
+    assert channels_last.records[0]["train_loss"] == pytest.approx(fp32.records[0]["train_loss"], rel=1e-3)

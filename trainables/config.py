@@ -59,7 +59,9 @@ class TrainConfig:
     # execution
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
-    channels_last: bool = False
+    # Measured on CPU (make bench-step): FCN-ResNet50 and SegFormer-B0 both train faster with
+    # channels_last; on CUDA it lets bf16 convolutions use the tensor cores' native layout.
+    channels_last: bool = True
     compile: bool = False
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     export_encoder: str = "none"  # none | last | best: write encoder.pt at the end
