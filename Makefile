@@ -5,7 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segstudy-installed
 STORAGE ?= $(CURDIR)/studies
 
-.PHONY: setup demo test test-fast clean-demo-data
+.PHONY: setup demo test test-fast reference-results bench bench-input bench-step bench-overhead \
+	bench-study-wall
 
 setup: $(STAMP)
 
@@ -30,3 +31,32 @@ test: $(STAMP)
 # Everything but the end-to-end Ray tests.
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+# The committed reference outputs in results/: each small study run afresh, then its report and export.
+REFERENCE_STORAGE := $(CURDIR)/.cache/reference-studies
+reference-results: $(STAMP)
+	rm -rf $(REFERENCE_STORAGE)
+	set -e; for spec in smoke smoke_search; do \
+	  rm -rf results/$$spec; \
+	  $(VENV)/bin/study run search_spaces/$$spec.yaml --storage $(REFERENCE_STORAGE) --name $$spec; \
+	  $(VENV)/bin/study report $$spec --storage $(REFERENCE_STORAGE) --out results/$$spec; \
+	  $(VENV)/bin/study export $$spec --storage $(REFERENCE_STORAGE) --out results/$$spec; \
+	done
+
+# Benchmarks (benchmarks/README.md): JSON + Markdown in results/benchmarks/, generated data in
+# benchmarks/.work/. Extra flags through ARGS, e.g. `make bench-step ARGS="--compile"`.
+bench-input: $(STAMP)
+	$(PY) benchmarks/input_pipeline.py $(ARGS)
+
+bench-step: $(STAMP)
+	$(PY) benchmarks/train_step.py $(ARGS)
+
+bench-overhead: $(STAMP)
+	$(PY) benchmarks/overhead.py $(ARGS)
+
+# report.yaml at full size: for a GPU machine (not part of `make bench`).
+bench-study-wall: $(STAMP)
+	$(PY) benchmarks/study_wall.py $(ARGS)
+
+bench: bench-input bench-step bench-overhead
+	$(PY) benchmarks/summary.py

@@ -1,0 +1,184 @@
+"""Training step: images/second and achieved TFLOP/s of FCN-ResNet50 and SegFormer-B0.
+
+Each step is the engine's own (trainables.engine.train_one_epoch over a DeviceSplit:
+normalise on the device, forward, CrossEntropy, backward, optimizer step, loss and
+confusion matrix kept on the device, one sync at the end), on random 64x64 pictures.
+
+  fp32 baseline: contiguous tensors, fp32, AdamW without `fused` (torch's default).
+  fast path:     the engine's defaults (TrainConfig): channels_last tensors and
+                 weights; on CUDA also bf16 autocast (amp: auto) and fused AdamW.
+                 --compile adds torch.compile; its compile time is reported separately.
+
+FLOPs per step are counted once per model with torch.utils.flop_counter.FlopCounterMode
+(forward + backward of a baseline warm-up step) and divided by the timed step time.
+
+    python benchmarks/train_step.py [--device auto] [--batch-size 64] [--warmup N] [--steps N] [--compile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from common import load_note, machine, machine_line, resolve_device, say, synchronize, table, write_results
+
+MODELS = ("fcn_resnet50", "segformer_b0")
+LABELS = {"fcn_resnet50": "FCN-ResNet50", "segformer_b0": "SegFormer-B0"}
+GPU_TARGETS = {"fcn_resnet50": 15_000, "segformer_b0": 30_000}  # images/s on one H100, fast path
+DEFAULT_STEPS = {"cpu": (2, 3), "cuda": (3, 20)}  # (warm-up, timed) steps
+
+
+def make_split(count: int, size: int, num_classes: int, device, channels_last: bool, seed: int = 0):
+    import numpy as np
+
+    from trainables.data.device import DeviceSplit
+
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, size, size, 3), dtype=np.uint8)
+    masks = rng.integers(0, num_classes, (count, size, size), dtype=np.uint8)
+    return DeviceSplit(images, masks, device, channels_last=channels_last)
+
+
+def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> dict:
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from trainables import metrics
+    from trainables.config import TrainConfig
+    from trainables.engine import autocast_context, make_optimizer, seed_everything, train_one_epoch
+    from trainables.models import build_model
+    from trainables.models.transfer import trainable_parameters
+
+    fast = variant != "fp32"
+    config = TrainConfig(arch=arch, image_size=(args.image_size, args.image_size), batch_size=args.batch_size,
+                         device=str(device), amp="auto" if fast else "off", channels_last=fast,
+                         compile=fast and args.compile)
+    seed_everything(0)
+    model = build_model(config).to(device)
+    if config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    params = trainable_parameters(model)
+    if fast:
+        optimizer = make_optimizer(config, params, device)  # fused on CUDA
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay)
+    criterion = nn.CrossEntropyLoss(ignore_index=metrics.IGNORE_INDEX)
+    forward_model = torch.compile(model) if config.compile else model
+    autocast = autocast_context(config, device)
+    generator = torch.Generator().manual_seed(0)
+
+    def run(split) -> float:
+        synchronize(device)
+        started = time.perf_counter()
+        train_one_epoch(forward_model, optimizer, criterion, split, batch_size=args.batch_size,
+                        num_classes=config.num_classes, generator=generator, hflip=False, autocast=autocast)
+        synchronize(device)
+        return time.perf_counter() - started
+
+    one_batch = make_split(args.batch_size, args.image_size, config.num_classes, device, config.channels_last, 1)
+    flops = None
+    if count_flops:
+        counter = FlopCounterMode(display=False)
+        with counter:
+            first_step = run(one_batch)
+        flops = counter.get_total_flops()
+    else:
+        first_step = run(one_batch)
+    for _ in range(max(0, args.warmup - 1)):
+        run(one_batch)
+    timed = make_split(args.batch_size * args.steps, args.image_size, config.num_classes, device,
+                       config.channels_last, 2)
+    seconds = run(timed)
+    step_seconds = seconds / args.steps
+    result = {
+        "arch": arch, "variant": variant, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+        "seconds": seconds, "step_seconds": step_seconds, "images_per_second": args.batch_size / step_seconds,
+        "first_step_seconds": first_step, "amp": config.amp if fast else "off", "channels_last": config.channels_last,
+        "fused_optimizer": fast and device.type == "cuda", "compile": config.compile,
+    }
+    if config.compile:
+        result["compile_seconds"] = max(0.0, first_step - step_seconds)
+    if flops is not None:
+        result["flops_per_step"] = flops
+    say(f"{arch} {variant}: {result['images_per_second']:.1f} images/s ({step_seconds:.3f} s/step over "
+        f"{args.steps} steps; first step {first_step:.2f} s)")
+    return result
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:N")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 2 on CPU, 3 on CUDA)")
+    parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 20 on CUDA)")
+    parser.add_argument("--compile", action="store_true", help="fast path with torch.compile as well")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    device = resolve_device(args.device)
+    warmup, steps = DEFAULT_STEPS["cuda" if device.type == "cuda" else "cpu"]
+    args.warmup = max(1, args.warmup if args.warmup is not None else warmup)
+    args.steps = max(1, args.steps if args.steps is not None else steps)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    say(f"device {device}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
+        f"{args.warmup} warm-up + {args.steps} timed steps, torch threads {torch.get_num_threads()}")
+
+    variants = ["fp32", "fast+compile" if args.compile else "fast"]
+    results = []
+    for arch in args.models:
+        flops = None
+        for variant in variants:
+            result = bench_variant(arch, variant, args, device, count_flops=flops is None)
+            flops = result.get("flops_per_step", flops)
+            result["flops_per_step"] = flops
+            result["tflops_per_second"] = flops / result["step_seconds"] / 1e12
+            result["gflops_per_image"] = flops / args.batch_size / 1e9
+            results.append(result)
+
+    info = machine(str(device))
+    on_gpu = device.type == "cuda"
+    rows = []
+    for r in results:
+        notes = [f"{r['steps']} timed steps after {r['warmup']} warm-up"]
+        if r["variant"] != "fp32":
+            parts = ["channels_last"] + (["bf16 autocast", "fused AdamW"] if on_gpu else [])
+            notes.append(" + ".join(parts))
+        if r.get("compile"):
+            notes.append(f"compile {r['compile_seconds']:.1f} s (first step, not in the rate)")
+        target = ""
+        if on_gpu and r["variant"] != "fp32":
+            goal = GPU_TARGETS[r["arch"]]
+            target = f">= {goal:,} ({'met' if r['images_per_second'] >= goal else 'missed'})"
+        rows.append([LABELS[r["arch"]], r["variant"], str(device), f"{r['images_per_second']:,.1f}",
+                     f"{r['step_seconds']:.3f}", f"{r['tflops_per_second']:.3f}", f"{r['gflops_per_image']:.2f}",
+                     target, "; ".join(notes)])
+    if not on_gpu:
+        for arch in args.models:
+            rows.append([LABELS[arch], "fast", "1x H100", "to measure: no GPU available in this session", "", "", "",
+                         f">= {GPU_TARGETS[arch]:,}", "run `make bench-step` on a GPU machine"])
+    data = {"benchmark": "train_step", "machine": info, "settings": vars(args), "results": results,
+            "gpu_targets_images_per_second": GPU_TARGETS}
+    markdown = "\n\n".join(part for part in [
+        "# Training step: images/s and achieved TFLOP/s",
+        f"Machine: {machine_line(info)}. Device: {device}.",
+        f"Batch {args.batch_size} at {args.image_size}x{args.image_size}, the engine's train_one_epoch "
+        f"(normalise, forward, loss, backward, AdamW step, on-device metrics). FLOPs from FlopCounterMode "
+        f"(forward + backward of one step).",
+        table(["model", "path", "device", "images/s", "s/step", "TFLOP/s", "GFLOP/image", "target", "notes"], rows),
+        load_note(info),
+        "Command: `make bench-step` (`python benchmarks/train_step.py [--batch-size 64] [--steps N] [--compile]`).",
+    ] if part)
+    write_results("train_step", data, markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
