@@ -179,9 +179,10 @@ def read_checkpoint_state(checkpoint: str) -> dict:
     import pyarrow.fs as pafs
     import torch
 
+    from study.storage import open_uri
     from trainables.tune_adapter import STATE_FILE
 
-    filesystem, folder = pafs.FileSystem.from_uri(checkpoint) if "://" in checkpoint else (pafs.LocalFileSystem(), checkpoint)
+    filesystem, folder = open_uri(checkpoint)
     state_path = f"{folder.rstrip('/')}/{STATE_FILE}"
     if filesystem.get_file_info(state_path).type == pafs.FileType.NotFound:
         raise FigureSkipped(f"the best trial's checkpoint has no {STATE_FILE} at {checkpoint}")

@@ -18,8 +18,9 @@ import sys
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 from ray import tune
+
+from study.storage import open_uri
 
 ENDED_STATES = ("finished", "early_stopped", "errored", "diverged")
 
@@ -92,7 +93,7 @@ class StudyProgress(tune.Callback):
                                                        "dir": trial.path.rstrip("/").rsplit("/", 1)[-1]})
 
     def _save(self, trial) -> None:
-        filesystem, path = _filesystem_and_path(self.states_uri)
+        filesystem, path = open_uri(self.states_uri)
         if path != self._states_path:
             self._load_existing(filesystem, path)
         text = json.dumps(self.states, indent=1, sort_keys=True, default=str).encode()
@@ -119,12 +120,6 @@ class StudyProgress(tune.Callback):
                 by_state[trial.status.lower()] = by_state.get(trial.status.lower(), 0) + 1
             counts = "  [" + ", ".join(f"{n} {s}" for s, n in sorted(by_state.items())) + "]"
         print(f"[{self.stage}] {text}{counts}", file=sys.stderr, flush=True)
-
-
-def _filesystem_and_path(path: str):
-    if "://" in path:
-        return pafs.FileSystem.from_uri(path)
-    return pafs.LocalFileSystem(), path
 
 
 def _error_message(trial, limit: int = 300) -> str:

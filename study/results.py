@@ -50,8 +50,10 @@ def load_results(storage: Storage, name: str) -> StudyResults:
             trial_id = records[-1]["trial_id"]
             epochs = _epoch_rows(records, trial_id, stage)
             epoch_rows.extend(epochs)
-            trial_rows.append(_trial_row(name, stage, records[-1], epochs, states.get(trial_id, {}), state,
-                                         storage.uri(name, stage, directory)))
+            recorded = states.get(trial_id, {})
+            trial_rows.append(_trial_row(name, stage, records[-1], epochs, recorded, state,
+                                         storage.uri(name, stage, directory),
+                                         _under(storage, (name, stage, directory), recorded.get("checkpoint"))))
     _add_reused_pretraining(storage, name, plan, trial_rows, epoch_rows)
     _add_pending(plan, trial_rows, name)
     trials = pd.DataFrame(trial_rows, columns=_trial_columns(trial_rows))
@@ -82,7 +84,8 @@ def _epoch_rows(records: list[dict], trial_id: str, stage: str) -> list[dict]:
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def _trial_row(study: str, stage: str, last: dict, epochs: list[dict], recorded: dict, study_state: str, path: str) -> dict:
+def _trial_row(study: str, stage: str, last: dict, epochs: list[dict], recorded: dict, study_state: str, path: str,
+               checkpoint: str | None = None) -> dict:
     validated = [e for e in epochs if e.get("validated")]
     final = epochs[-1] if epochs else {}
     final_val = validated[-1] if validated else {}
@@ -110,7 +113,7 @@ def _trial_row(study: str, stage: str, last: dict, epochs: list[dict], recorded:
         node_ip=last.get("node_ip"),
         hostname=last.get("hostname"),
         device=last.get("device"),
-        checkpoint=_under(path, recorded.get("checkpoint")),
+        checkpoint=checkpoint,
         error=recorded.get("error"),
         attempts=recorded.get("attempts"),
         reused=False,
@@ -152,13 +155,13 @@ def _add_pending(plan: dict, trial_rows: list, name: str) -> None:
         trial_rows.append(row)
 
 
-def _under(trial_path: str, checkpoint: str | None) -> str | None:
+def _under(storage: Storage, trial_folder: tuple[str, ...], checkpoint: str | None) -> str | None:
     """The checkpoint folder under the trial's folder where the study is now (it may have moved)."""
     if not checkpoint:
         return None
     parts = checkpoint.rstrip("/").rsplit("/", 2)
-    if len(parts) == 3 and parts[1] == trial_path.rstrip("/").rsplit("/", 1)[-1]:
-        return f"{trial_path.rstrip('/')}/{parts[2]}"
+    if len(parts) == 3 and parts[1] == trial_folder[-1]:
+        return storage.uri(*trial_folder, parts[2])
     return checkpoint
 
 

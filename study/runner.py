@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import shlex
 import socket
 import sys
 import tempfile
@@ -22,7 +23,7 @@ from pathlib import Path
 from study.errors import StudyError
 from study.plan import Plan, PlannedTrial, PretrainJob, SearchPlan, make_plan
 from study.spec import StudySpec, load_spec
-from study.storage import ARTIFACTS, Storage
+from study.storage import ARTIFACTS, Storage, split_uri
 from trainables.data import SPLITS, dataset_fingerprint, load_split, synth_dataset
 
 ENCODER_FILE = "encoder.pt"
@@ -35,7 +36,7 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
     if storage.exists(name, "plan.json"):
         raise StudyError(
             f"a study named {name!r} already exists in {storage.root}: continue it with "
-            f"`study resume {name} --storage {storage.root}`, or pick another --name"
+            f"`study resume {name} --storage {shlex.quote(storage.root)}`, or pick another --name"
         )
     with study_lock(storage, name):
         generate_missing_datasets(spec)
@@ -91,13 +92,13 @@ def execute(spec: StudySpec, plan: Plan, storage: Storage, name: str, address: s
     if not complete:
         storage.write_json({"state": "interrupted", "history": history}, name, "study.json")
         _say(f"study {name} was interrupted; finished trials are kept. Continue it with:\n"
-             f"    study resume {name} --storage {storage.root}")
+             f"    study resume {name} --storage {shlex.quote(storage.root)}")
         return INTERRUPTED_EXIT
     storage.write_json({"state": "finished", "history": history}, name, "study.json")
     audit = check_against_plan(storage, name)
     if audit.incomplete:
         storage.write_json({"state": "incomplete", "history": history, "problems": audit.problems()}, name, "study.json")
-        _say(f"study {name} is incomplete: `study resume {name} --storage {storage.root}` runs what is missing")
+        _say(f"study {name} is incomplete: `study resume {name} --storage {shlex.quote(storage.root)}` runs what is missing")
         return 1
     _say(f"study {name} finished. See `study status {name}`, `study report {name}`, `study export {name}`.")
     return 0
@@ -219,10 +220,11 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
         encoders=encoders,
     )
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
-    experiment = storage.uri(name, stage)
-    if not fresh and tune.Tuner.can_restore(experiment):
-        _say(f"[{stage}] restoring the experiment at {experiment}")
-        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True)
+    experiment, filesystem = tune_location(storage, name, stage)
+    if not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        _say(f"[{stage}] restoring the experiment at {storage.uri(name, stage)}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=filesystem)
         # The restored run config is the pickled one: point our callback at where the study is now.
         for callback in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(callback, StudyProgress):
@@ -242,9 +244,11 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     else:
         param_space = {}
         tune_config.update(search_alg=make_optuna_search(spec, search, storage, name), num_samples=search.num_samples)
+    storage_path, filesystem = tune_location(storage, name)
     run_config = tune.RunConfig(
         name=stage,
-        storage_path=storage.uri(name),
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_miou",
                                                 checkpoint_score_order="max"),
@@ -254,6 +258,17 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                        run_config=run_config)
     return fit_watched(tuner)
+
+
+def tune_location(storage: Storage, *parts: str):
+    """(path, filesystem) of a storage folder for Tune's `storage_path`/`storage_filesystem` arguments.
+
+    A URI's options (endpoint_override, scheme, region, ...) live in its filesystem: Tune gets that
+    filesystem and the bare path on it, since it would append its folders after the URI's query.
+    """
+    if storage.is_local:
+        return storage.uri(*parts), None
+    return storage.path(*parts), storage.fs
 
 
 class TuneLogWatch(logging.Filter):
@@ -342,7 +357,7 @@ def sync_optuna_study(spec, search: SearchPlan, storage: Storage, name: str) -> 
     ended = trials[(trials["stage"] == "main") & trials["status"].isin(ENDED_STATES)]
     tune_trials = []
     for _, row in ended.iterrows():
-        directory = row["path"].rstrip("/").rsplit("/", 1)[-1]
+        directory = split_uri(row["path"])[0].rstrip("/").rsplit("/", 1)[-1]
         first = json.loads(storage.read_text(name, "main", directory, "result.json").splitlines()[0])
         tune_trials.append({"trial_id": row["trial_id"], "config": first["config"], "status": row["status"],
                             "value": row.get(f"final_{spec.scheduler.metric}")})

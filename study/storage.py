@@ -8,6 +8,10 @@ Layout under the storage root:
     <name>/<stage>_trials.json  each trial's state as the driver saw it
     <name>/optuna.db            the Optuna study of a searcher study (SQLite, local storage)
     _artifacts/encoders/<key>/  encoders made by pretraining jobs, shared by every study in the storage
+
+A URI may carry pyarrow's query parameters, e.g. an S3-compatible server:
+`s3://bucket/prefix?endpoint_override=host:9000&scheme=http`. They stay at the end of every
+URI made from it (`uri()`), so a trial on any node opens the same storage from the URI alone.
 """
 
 from __future__ import annotations
@@ -29,23 +33,57 @@ def default_storage() -> str:
     return os.environ.get("SEGSTUDY_STORAGE") or str(Path("studies").absolute())
 
 
+def split_uri(path_or_uri: str) -> tuple[str, str]:
+    """(location, query): `s3://b/p?scheme=http` gives ("s3://b/p", "?scheme=http"); a local path has no query."""
+    if "://" not in path_or_uri:
+        return path_or_uri, ""
+    location, mark, query = path_or_uri.partition("?")
+    return location, mark + query
+
+
+def open_uri(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) of a local path or a URI, its query parameters included."""
+    if "://" not in path_or_uri:
+        return pafs.LocalFileSystem(), path_or_uri
+    return pafs.FileSystem.from_uri(path_or_uri)
+
+
 class Storage:
     def __init__(self, root: str | os.PathLike):
         root = str(root)
         if "://" in root:
+            location, query = split_uri(root)
+            self.root = location.rstrip("/") + query
             try:
-                self.fs, self.base = pafs.FileSystem.from_uri(root)
+                self.fs, self.base = open_uri(root)
+            except OSError as error:  # e.g. resolving an S3 bucket's region on an endpoint out of reach
+                raise StudyError(f"--storage {root!r}: cannot reach the storage ({_one_line(error)}); "
+                                 f"check the endpoint and the credentials") from None
             except Exception as error:  # pyarrow raises several types for a bad URI
-                raise StudyError(f"--storage {root!r}: not a storage URI pyarrow can open ({error})") from None
-            self.root = root.rstrip("/")
+                raise StudyError(f"--storage {root!r}: not a storage URI pyarrow can open ({_one_line(error)})") from None
+            self.base = self.base.rstrip("/")
         else:
             self.fs, self.base = pafs.LocalFileSystem(), str(Path(root).absolute())
             self.root = self.base
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        if self.fs.type_name in ("s3", "gcs"):
+            self._check_bucket()
+
+    def _check_bucket(self) -> None:
+        """An unreachable endpoint or a missing bucket, said in one line before anything starts."""
+        bucket = self.base.split("/", 1)[0]
+        try:
+            info = self.fs.get_file_info(bucket)
+        except OSError as error:
+            raise StudyError(f"--storage {self.root!r}: cannot open bucket {bucket!r} ({_one_line(error)}); "
+                             f"check the endpoint and the credentials") from None
+        if info.type == pafs.FileType.NotFound:
+            raise StudyError(f"--storage {self.root!r}: bucket {bucket!r} does not exist; create it first")
 
     def uri(self, *parts: str) -> str:
-        """A path or URI for Ray's `storage_path` and for trials on other nodes."""
-        return "/".join([self.root, *parts])
+        """A path or URI for trials on other nodes and for the user (a URI keeps its query at the end)."""
+        location, query = split_uri(self.root)
+        return "/".join([location, *parts]) + query
 
     def path(self, *parts: str) -> str:
         return "/".join([self.base, *parts])
@@ -104,3 +142,7 @@ class Storage:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise StudyError(f"no study named {name!r} in storage {self.root} (known studies: {listing}){hint}")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__

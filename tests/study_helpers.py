@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +59,70 @@ def wait_for(condition, timeout: float, interval: float = 0.2, what: str = "cond
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def _stat_fields(pid: str) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()  # fields after "pid (comm)"; the name may hold spaces
+
+
+def session_processes(session_id: int) -> list[str]:
+    """'pid name' of every live process in a session (Ray's own processes stay in their driver's)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        fields = _stat_fields(pid)
+        if fields and fields[0] != "Z" and int(fields[3]) == session_id:
+            found.append(f"{pid} {Path(f'/proc/{pid}/comm').read_text().strip()}")
+    return found
+
+
+def ray_processes() -> set[str]:
+    """'pid command' of the Ray processes on this machine (raylet, gcs_server, workers...)."""
+    found = set()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        fields = _stat_fields(pid)
+        if fields and fields[0] != "Z" and ("raylet" in command or "gcs_server" in command
+                                            or command.startswith("ray::") or "site-packages/ray/" in command):
+            found.add(f"{pid} {command[:120]}")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def moto_server(log: Path):
+    """An S3 server (moto's server mode) on a free loopback port, in its own process group.
+
+    Yields its endpoint, "127.0.0.1:PORT". moto takes any credentials: set AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY to anything, or pyarrow looks for others (EC2 metadata included).
+    """
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def answers() -> bool:
+        if server.poll() is not None:
+            raise AssertionError(f"moto's server exited {server.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        except OSError:
+            return False
+        return True
+
+    try:
+        wait_for(answers, timeout=60, what="moto's S3 server")
+        yield f"127.0.0.1:{port}"
+    finally:
+        kill_group(server, signal.SIGTERM, grace=5)
+        kill_group(server)

@@ -21,6 +21,7 @@ from PIL import Image
 
 from study.cli import main
 from study.errors import StudyError
+from tests.study_helpers import free_port, moto_server
 from trainables.data import synth_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -308,6 +309,44 @@ def test_unknown_study_suggests_the_closest_name(capsys, storage):
 def test_unknown_study_in_an_empty_storage(capsys, tmp_path):
     err = fails(capsys, "resume", "nosuch", "--storage", tmp_path / "empty")
     assert f"no study named 'nosuch' in storage {tmp_path / 'empty'} (known studies: none)" in err
+
+
+# -- storage on an S3-compatible object store ---------------------------------------------------
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """A loopback S3 server (moto) without buckets."""
+    with moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
+def aws_credentials(monkeypatch):
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+
+
+@pytest.mark.parametrize("command", [["run", str(SMOKE)], ["status", "smoke"]])
+def test_missing_bucket_is_named(capsys, s3_endpoint, aws_credentials, command):
+    uri = f"s3://no-such-bucket/studies?endpoint_override={s3_endpoint}&scheme=http"
+    err = fails(capsys, *command, "--storage", uri)
+    assert err == f"error: --storage {uri!r}: bucket 'no-such-bucket' does not exist; create it first\n"
+
+
+def test_unreachable_s3_endpoint_is_named(capsys, aws_credentials):
+    endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
+    uri = f"s3://segstudy/studies?endpoint_override={endpoint}&scheme=http"
+    err = fails(capsys, "run", SMOKE, "--storage", uri)
+    assert err.startswith(f"error: --storage {uri!r}: cannot open bucket 'segstudy' (")
+    assert endpoint in err and "check the endpoint and the credentials" in err
+
+
+def test_unknown_s3_option_is_named(capsys, aws_credentials):
+    uri = "s3://segstudy/studies?endpoint=127.0.0.1:9000"
+    err = fails(capsys, "run", SMOKE, "--storage", uri)
+    assert f"--storage {uri!r}: not a storage URI pyarrow can open" in err and "'endpoint'" in err
 
 
 # -- weights ----------------------------------------------------------------------------------

@@ -1,0 +1,122 @@
+"""A study on an S3-compatible object store (moto's server on loopback), through the real `study` command.
+
+The storage is named as a user names a non-AWS endpoint: pyarrow's query parameters in the URI
+(`s3://bucket/prefix?endpoint_override=HOST:PORT&scheme=http`); credentials come from the AWS
+environment variables. Bad input (missing bucket, unreachable endpoint) is in test_bad_input.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pytest
+
+from study.results import load_results
+from study.storage import Storage
+from tests.study_helpers import TEST_SPECS, kill_group, moto_server, run_study_cli, start_study_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+BUCKET = "segstudy"
+
+
+@pytest.fixture(scope="module")
+def s3_storage(tmp_path_factory):
+    """The storage URI of a prefix in a fresh bucket on a loopback S3 server; the server stops at the end."""
+    with pytest.MonkeyPatch.context() as env, moto_server(tmp_path_factory.mktemp("moto") / "moto.log") as endpoint:
+        # The driver and Ray's workers inherit these (run_study_cli copies os.environ).
+        env.setenv("AWS_ACCESS_KEY_ID", "testing")
+        env.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        env.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        env.delenv("AWS_ENDPOINT_URL", raising=False)
+        env.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir(BUCKET)
+        yield f"s3://{BUCKET}/studies?endpoint_override={endpoint}&scheme=http"
+
+
+def test_study_on_s3_is_killed_resumed_and_read_back_from_the_bucket(s3_storage, tmp_path):
+    local = tmp_path / "studies"  # the default storage ($SEGSTUDY_STORAGE in the commands' environment)
+    storage = Storage(s3_storage)
+    name = "s3tiny"
+    driver = start_study_cli(["run", str(TEST_SPECS / "tiny.yaml"), "--name", name, "--storage", s3_storage],
+                             tmp_path, local, tmp_path / "driver.log")
+
+    def main_states() -> dict:
+        try:
+            return storage.read_json(name, "main_trials.json", default={})
+        except (OSError, ValueError):
+            return {}
+
+    def a_main_trial_checkpointed_and_running():
+        # val_interval 2 of tiny.yaml's 4 epochs: epoch 2 reports with a checkpoint, which Tune uploads to the bucket.
+        return any(s["state"] == "running" and s.get("last_epoch") == 3 for s in main_states().values())
+
+    try:
+        wait_for(a_main_trial_checkpointed_and_running, timeout=300, interval=0.2,
+                 what="a running main trial past its first checkpoint, as the bucket's main_trials.json says")
+    except AssertionError:
+        kill_group(driver)
+        raise AssertionError((tmp_path / "driver.log").read_text()[-5000:])
+    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
+    driver.wait()
+    time.sleep(2)
+    kill_group(driver)  # then the Ray processes it left behind
+    log = (tmp_path / "driver.log").read_text()
+    assert "Traceback" not in log, log[-5000:]
+    assert storage.read_json(name, "study.json")["state"] == "running"  # killed: nobody said otherwise
+    states = main_states()
+    finished_before = {s["dir"]: storage.read_text(name, "main", s["dir"], "result.json")
+                       for s in states.values() if s["state"] == "finished"}
+    # Cut off one epoch past the checkpoint of epoch 2: Tune's experiment state in the bucket has it by then.
+    cut_off = {s["dir"] for s in states.values() if s["state"] == "running" and s.get("last_epoch") == 3}
+    assert cut_off, states
+
+    resumed = run_study_cli(["resume", name, "--storage", s3_storage], tmp_path, local, timeout=400)
+    assert f"study {name} finished" in resumed.stderr
+    assert "[main] restoring the experiment at s3://" in resumed.stderr
+    assert "[pretrain] reusing encoder" in resumed.stderr  # made before the kill, found in the bucket
+
+    results = load_results(storage, name)
+    assert results.state == "finished"
+    main = results.trials[results.trials["stage"] == "main"]
+    pretrain = results.trials[results.trials["stage"] == "pretrain"]
+    planned = sorted(t["trial_key"] for t in results.plan["trials"])
+    assert sorted(main["trial_key"]) == planned and len(planned) == 2  # each planned trial once
+    assert set(main["status"]) == {"finished"} and (main["epochs_run"] == main["epochs_planned"]).all()
+    assert len(pretrain) == 1 and pretrain.iloc[0]["status"] == "finished" and not pretrain.iloc[0]["reused"]
+    assert len(storage.list_dirs(name, "main")) == 2  # one Tune trial folder per planned trial
+    for directory, text in finished_before.items():  # finished trials were not re-run
+        assert storage.read_text(name, "main", directory, "result.json") == text
+    for directory in cut_off:  # a trial cut off by the kill went on from its checkpoint in the bucket
+        lines = [json.loads(line) for line in storage.read_text(name, "main", directory, "result.json").splitlines()]
+        restarts = [line["epoch"] for line in lines[1:] if line["iterations_since_restore"] == 1]
+        assert len(restarts) == 1 and restarts[0] > 1, [(line["epoch"], line["iterations_since_restore"]) for line in lines]
+    # Paths point into the bucket, the endpoint kept in the URI; the dependent trial read its encoder from there.
+    query = s3_storage[s3_storage.index("?"):]
+    assert all(p.startswith(f"s3://{BUCKET}/studies/{name}/") and p.endswith(query) for p in results.trials["path"])
+    assert all(c.startswith(f"s3://{BUCKET}/studies/{name}/") and c.endswith(query) for c in main["checkpoint"])
+    job = results.plan["pretrain_jobs"][0]
+    dependent = results.epochs[(results.epochs["stage"] == "main") & (results.epochs["pretrain_source"] == "cityscapes")]
+    assert set(dependent["encoder_source"]) == {storage.uri("_artifacts", "encoders", job["key"], "encoder.pt")}
+
+    status = json.loads(run_study_cli(["status", name, "--json", "--storage", s3_storage], tmp_path, local).stdout)
+    assert status["state"] == "finished" and status["stages"] == {"pretrain": {"finished": 1}, "main": {"finished": 2}}
+    assert run_study_cli(["list", "--storage", s3_storage], tmp_path, local).stdout.split() == [name, "finished"]
+
+    run_study_cli(["report", name, "--out", str(tmp_path / "report"), "--storage", s3_storage], tmp_path, local)
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "not drawn" not in report and "failed, see the notes" not in report  # masks: a checkpoint read from S3
+    assert (tmp_path / "report" / "figures" / "predicted-masks.png").stat().st_size > 0
+
+    run_study_cli(["export", name, "--out", str(tmp_path / "export"), "--storage", s3_storage], tmp_path, local)
+    trials = pd.read_parquet(tmp_path / "export" / "trials.parquet")
+    assert sorted(trials.loc[trials["stage"] == "main", "trial_key"]) == planned
+    assert set(trials["status"]) == {"finished"}
+
+    assert not local.exists(), sorted(str(p) for p in local.rglob("*"))  # nothing in the local default storage
+    assert not (tmp_path / f"report-{name}").exists()
