@@ -33,12 +33,12 @@ INTERRUPTED_EXIT = 130
 # -- entry points -------------------------------------------------------------
 def run_study(spec: StudySpec, storage: Storage, name: str | None = None, address: str | None = None) -> int:
     name = name or spec.name
-    if storage.exists(name, "plan.json"):
-        raise StudyError(
-            f"a study named {name!r} already exists in {storage.root}: continue it with "
-            f"`study resume {name} --storage {shlex.quote(storage.root)}`, or pick another --name"
-        )
-    with study_lock(storage, name):
+    with study_lock(storage, name):  # first: a study being run is named as such, not as merely existing
+        if storage.exists(name, "plan.json"):
+            raise StudyError(
+                f"a study named {name!r} already exists in {storage.root}: continue it with "
+                f"`study resume {name} --storage {shlex.quote(storage.root)}`, or pick another --name"
+            )
         generate_missing_datasets(spec)
         plan = make_plan(spec, dataset_fingerprint, study_name=name)
         build_caches(plan)
@@ -447,22 +447,67 @@ def build_caches(plan: Plan) -> None:
 
 
 # -- the study lock -------------------------------------------------------------
+LOCAL_LOCK, OBJECT_LOCK = "driver.lock", "lock"
+
+
 @contextmanager
 def study_lock(storage: Storage, name: str):
-    """Refuse a second driver on the same study; a lock left by a dead process is taken over."""
-    owner = storage.read_json(name, "lock", default=None)
-    if owner and _lock_alive(owner):
-        raise StudyError(
-            f"study {name!r} is already being run by process {owner['pid']} on {owner['host']} "
-            f"(since {time.ctime(owner['since'])}); wait for it, or stop it and then `study resume {name}`"
-        )
+    """One driver per study: a second `run` or `resume` of it refuses, naming the first.
+
+    On a filesystem, an flock held while the driver lives: the kernel frees it when the
+    process ends, however it ends, and two drivers started at once cannot both take it.
+    An object store has no locks: a lock object names the driver, and is taken over once
+    that process is gone (when it was on this machine; another machine's is respected).
+    """
     me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.time()}
-    storage.write_json(me, name, "lock")
+    if storage.is_local:
+        with _file_lock(Path(storage.path(name, LOCAL_LOCK)), name, me):
+            yield
+        return
+    owner = storage.read_json(name, OBJECT_LOCK, default=None)
+    if owner and _lock_alive(owner):
+        raise StudyError(_locked(name, owner))
+    storage.write_json(me, name, OBJECT_LOCK)
     try:
         yield
     finally:
-        if storage.read_json(name, "lock", default=None) == json.loads(json.dumps(me)):
-            storage.fs.delete_file(storage.path(name, "lock"))
+        if storage.read_json(name, OBJECT_LOCK, default=None) == json.loads(json.dumps(me)):
+            storage.fs.delete_file(storage.path(name, OBJECT_LOCK))
+
+
+@contextmanager
+def _file_lock(path: Path, name: str, me: dict):
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Never deleted: removing a lock file lets a late opener lock the old inode beside a new one.
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StudyError(_locked(name, _lock_owner(path))) from None
+        handle.truncate(0)
+        handle.write(json.dumps(me))
+        handle.flush()
+        yield  # closing the file releases the lock
+
+
+def _lock_owner(path: Path) -> dict:
+    """The lock holder's record; it writes it just after taking the lock, so wait a moment for it."""
+    deadline = time.time() + 2
+    while True:
+        try:
+            return json.loads(path.read_text())
+        except ValueError:
+            if time.time() > deadline:
+                return {}
+            time.sleep(0.05)
+
+
+def _locked(name: str, owner: dict) -> str:
+    who = f"process {owner['pid']} on {owner['host']} (since {time.ctime(owner['since'])})" if owner else \
+        "another process"
+    return f"study {name!r} is already being run by {who}; wait for it, or stop it and then `study resume {name}`"
 
 
 def _lock_alive(owner: dict) -> bool:

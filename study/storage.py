@@ -7,6 +7,7 @@ Layout under the storage root:
     <name>/pretrain/, <name>/main/   Ray Tune experiment folders, one per stage
     <name>/<stage>_trials.json  each trial's state as the driver saw it
     <name>/optuna.db            the Optuna study of a searcher study (SQLite, local storage)
+    <name>/driver.lock          flocked by the driver running the study (`lock` on an object store)
     _artifacts/encoders/<key>/  encoders made by pretraining jobs, shared by every study in the storage
 
 A URI may carry pyarrow's query parameters, e.g. an S3-compatible server:

@@ -1,6 +1,7 @@
 """Shared fixtures: small generated datasets in the real on-disk layouts, made once per session."""
 
 import os
+import time
 
 import pytest
 
@@ -24,3 +25,23 @@ def cityscapes_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("cityscapes")
     synth_dataset("cityscapes", root, train=16, val=8, seed=0)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_ray_processes_left_behind():
+    """The suite fails if Ray processes it started outlive it (ended here, then reported)."""
+    from tests.study_helpers import ray_processes
+
+    before = ray_processes()
+    yield
+    deadline = time.time() + 30  # ray.shutdown() and killed drivers' helpers take a few seconds to go
+    left = ray_processes() - before
+    while left and time.time() < deadline:
+        time.sleep(1)
+        left = ray_processes() - before
+    for entry in left:
+        try:
+            os.kill(int(entry.split()[0]), 9)
+        except ProcessLookupError:
+            pass
+    assert not left, "Ray processes left behind by the tests:\n" + "\n".join(sorted(left))

@@ -8,7 +8,6 @@ No case starts Ray: study files are validated, and datasets checked, before Ray 
 
 from __future__ import annotations
 
-import copy
 import shutil
 import subprocess
 import sys

@@ -155,3 +155,30 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
 
     run_study_cli(["report", "o"], tmp_path, storage)
     assert (storage / "o" / "report" / "report.md").exists()
+
+
+def test_two_drivers_on_one_study_the_second_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    """Two `study run` of the same name started at once: exactly one runs, the other exits 2
+    naming it; `study resume` is refused while it lives and takes the lock over once it is dead."""
+    storage = tmp_path / "studies"
+    args = ["run", str(TEST_SPECS / "tiny.yaml"), "--name", "twice"]
+    drivers = [start_study_cli(args, tmp_path, storage, tmp_path / f"driver{i}.log") for i in range(2)]
+    try:
+        wait_for(lambda: any(d.poll() is not None for d in drivers), timeout=120, what="one driver to refuse")
+        loser = next(i for i, d in enumerate(drivers) if d.poll() is not None)
+        winner = drivers[1 - loser]
+        text = (tmp_path / f"driver{loser}.log").read_text()
+        assert drivers[loser].returncode == 2, text
+        assert f"already being run by process {winner.pid}" in text and "study resume twice" in text, text
+        assert "Traceback" not in text
+        wait_for(lambda: (storage / "twice" / "plan.json").exists(), timeout=120, what="the winner's plan")
+        assert winner.poll() is None
+        refused = run_study_cli(["resume", "twice"], tmp_path, storage, check=False)
+        assert refused.returncode == 2 and f"already being run by process {winner.pid}" in refused.stderr
+    finally:
+        for driver in drivers:
+            kill_group(driver)
+    resumed = run_study_cli(["resume", "twice"], tmp_path, storage)
+    assert "study twice finished" in resumed.stderr
+    trials = load_results(Storage(storage), "twice").trials
+    assert set(trials["status"]) == {"finished"} and len(trials) == 3  # 1 pretraining + 2 main

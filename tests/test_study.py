@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,8 +17,8 @@ import torch
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import (SPECS, TEST_SPECS, kill_group, run_study_cli, start_study_cli, study_env,
-                                 wait_for)
+from tests.study_helpers import (SPECS, TEST_SPECS, free_port, kill_group, run_study_cli, session_processes,
+                                 start_study_cli, study_env, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -157,15 +156,21 @@ def test_ctrl_c_stops_the_run_and_prints_how_to_resume(tmp_path):
 
     try:
         wait_for(a_trial_midway, timeout=300, interval=0.1, what="a half-done trial")
-        os.kill(driver.pid, signal.SIGINT)
+        os.killpg(driver.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole foreground group, Ray's too
         started = time.time()
         returncode = driver.wait(timeout=60)
         stopped_after = time.time() - started
+        # Everything the command started (Ray's GCS, raylet, workers) ends with it, within seconds.
+        deadline = time.time() + 20
+        while session_processes(driver.pid) and time.time() < deadline:
+            time.sleep(0.5)
+        left = session_processes(driver.pid)
     finally:
         kill_group(driver)
     log = (tmp_path / "driver.log").read_text()
     assert returncode == 130, log[-3000:]
     assert stopped_after < 30
+    assert not left, f"processes left behind by the interrupted run: {left}"
     assert "study resume i" in log and "interrupted" in log
     assert json.loads((storage / "i" / "study.json").read_text())["state"] == "interrupted"
     resumed = run_study_cli(["resume", "i"], tmp_path, storage)
@@ -174,15 +179,9 @@ def test_ctrl_c_stops_the_run_and_prints_how_to_resume(tmp_path):
     assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
     ray = Path(sys.executable).with_name("ray")
-    port = _free_port()
+    port = free_port()
     env = study_env(tmp_path / "studies")
     env["RAY_AUTH_MODE"] = "token"
     temp = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
