@@ -21,7 +21,7 @@ def main() -> int:
     rows, machines, infos = [], {}, []
     data = load("input_pipeline")
     if data:
-        machines[machine_line(data["machine"])] = True
+        machines[machine_line({**data["machine"], "when": data["machine"]["when"][:10]})] = True
         infos.append(data["machine"])
         rows.append(["input pipeline: cached vs seed-style loader", data["machine"]["device"],
                      f"{data['cached']['images_per_second']:,.0f} vs {data['seed_style']['images_per_second']:,.0f} "
@@ -29,7 +29,7 @@ def main() -> int:
                      "met" if data["target_met"] else "missed"])
     data = load("train_step")
     if data:
-        machines[machine_line(data["machine"])] = True
+        machines[machine_line({**data["machine"], "when": data["machine"]["when"][:10]})] = True
         device = data["settings"]["device"] if data["settings"]["device"] != "auto" else data["machine"]["device"]
         on_gpu = "cuda" in str(device)
         infos.append(data["machine"])
@@ -47,7 +47,7 @@ def main() -> int:
                 rows.append([f"train step {label}, fast, batch 64", "1x H100", GPU_PENDING, f">= {goal:,} img/s", ""])
     data = load("study_wall")
     if data and "cuda" in data.get("trial_devices", []):
-        machines[machine_line(data["machine"])] = True
+        machines[machine_line({**data["machine"], "when": data["machine"]["when"][:10]})] = True
         infos.append(data["machine"])
         for run in data["runs"]:
             split, gpu = run["phases_seconds"], run["gpu"]
@@ -62,7 +62,7 @@ def main() -> int:
                      GPU_PENDING, "<= 300 s", ""])
     data = load("overhead")
     if data:
-        machines[machine_line(data["machine"])] = True
+        machines[machine_line({**data["machine"], "when": data["machine"]["when"][:10]})] = True
         infos.append(data["machine"])
         rows.append([f"per-trial overhead, {data['settings']['spec']} vs bare Tune ({data['settings']['trials']} trials)",
                      "cpu", f"{data['study']['per_trial_overhead_seconds']:.2f} vs "

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from study.spec import StudySpec
 
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
-EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fault_epoch")
+EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
+                  "fault_epoch")
 
 
 @dataclass(frozen=True)

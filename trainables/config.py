@@ -63,6 +63,7 @@ class TrainConfig:
     # channels_last; on CUDA it lets bf16 convolutions use the tensor cores' native layout.
     channels_last: bool = True
     compile: bool = False
+    fused_optimizer: bool | None = None  # one kernel per optimizer step; None: on CUDA, where torch has it
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     export_encoder: str = "none"  # none | last | best: write encoder.pt at the end
 

@@ -69,7 +69,7 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(config: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda"  # one kernel per step instead of one per parameter
+    fused = device.type == "cuda" if config.fused_optimizer is None else config.fused_optimizer
     if config.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay, fused=fused)
     return torch.optim.Adam(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay, fused=fused)
