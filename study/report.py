@@ -79,6 +79,12 @@ def declared_tables(spec, results: StudyResults) -> list:
     if tables:
         return tables
     main = main_trials(results)
+    if results.plan.get("search") and not main.empty:
+        # A searcher samples each configuration with its own lr: trials are not seeds of one row.
+        ranked = main.sort_values("best_val_miou", ascending=False, na_position="last")
+        return [TableSpec(name="trials", title="All trials, best first", columns=tuple(METRIC_SOURCES),
+                          rows=tuple(RowSpec(label=f"{row.config_name}, lr {row.lr:.3g}",
+                                             match={"trial_key": row.trial_key}) for row in ranked.itertuples()))]
     names = list(dict.fromkeys(main["config_name"].dropna())) if "config_name" in main else []
     return [TableSpec(name="configurations", title="All configurations", columns=tuple(METRIC_SOURCES),
                       rows=tuple(RowSpec(label=str(n), match={"config_name": n}) for n in names))]

@@ -276,7 +276,11 @@ def test_search_study_gets_the_lr_figure(tmp_path):
     storage = write_fake_study(tmp_path, "search", trials, search={"num_samples": 3})
     path = report.write_report(load_results(storage, "search"), spec_with(), tmp_path / "out")
     assert is_png(tmp_path / "out" / "figures" / "search-lr.png")
-    assert "](figures/search-lr.png)" in path.read_text()
+    text = path.read_text()
+    assert "](figures/search-lr.png)" in text
+    # each sample has its own lr, so the default table has a row per trial (best first), not means over them
+    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| v")]
+    assert rows == ["v2, lr 0.003", "v1, lr 0.001", "v0, lr 0.0001"]
 
 
 def test_a_failing_figure_is_noted_and_the_rest_is_kept(tmp_path, monkeypatch, capsys):
