@@ -61,6 +61,19 @@ def wait_for(condition, timeout: float, interval: float = 0.2, what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def crash_driver_when(driver: subprocess.Popen, condition, log: Path, what: str, interval: float = 0.1) -> None:
+    """SIGKILL the driver alone once `condition()` holds, as a crash would; then the Ray processes it left."""
+    try:
+        wait_for(condition, timeout=300, interval=interval, what=what)
+    except AssertionError:
+        kill_group(driver)
+        raise AssertionError(f"{what} never came:\n" + log.read_text()[-5000:])
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)
+    kill_group(driver)
+
+
 def _stat_fields(pid: str) -> list[str] | None:
     try:
         text = Path(f"/proc/{pid}/stat").read_text()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -14,7 +11,8 @@ import pytest
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import SPECS, TEST_SPECS, kill_group, run_study_cli, start_study_cli, wait_for
+from tests.study_helpers import (SPECS, TEST_SPECS, crash_driver_when, kill_group, run_study_cli, start_study_cli,
+                                 wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -95,18 +93,6 @@ def _states(path: Path) -> dict:
         return {}
 
 
-def _kill_driver_when(driver, condition, log: Path, what: str) -> None:
-    try:
-        wait_for(condition, timeout=300, interval=0.1, what=what)
-    except AssertionError:
-        kill_group(driver)
-        raise AssertionError(f"{what} never came:\n" + log.read_text()[-5000:])
-    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
-    driver.wait()
-    time.sleep(2)
-    kill_group(driver)  # then the Ray processes it left behind
-
-
 def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     """Driver SIGKILLed in pretraining, then in the main stage of an Optuna + ASHA search, the
     study folder moved in between: resume completes it with exactly the planned samples, and
@@ -117,7 +103,7 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     args = ["run", str(SPECS / "smoke_search.yaml"), "--name", "o"]
     log = tmp_path / "driver.log"
     driver = start_study_cli(args, tmp_path, first_home, log)
-    _kill_driver_when(driver, lambda: any(s["state"] == "running" and s.get("last_epoch")
+    crash_driver_when(driver, lambda: any(s["state"] == "running" and s.get("last_epoch")
                                           for s in _states(first_home / "o" / "pretrain_trials.json").values()),
                       log, "a pretraining trial one epoch in")
     assert not (first_home / "_artifacts").exists()  # no encoder saved yet
@@ -131,7 +117,7 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
         ended = [s for s in states if s["state"] in ("finished", "early_stopped")]
         return len(ended) >= 2 and any(s["state"] == "running" and s.get("last_epoch") for s in states)
 
-    _kill_driver_when(driver, some_ended_and_one_midway, log, "two ended searcher trials and one midway")
+    crash_driver_when(driver, some_ended_and_one_midway, log, "two ended searcher trials and one midway")
     assert "saved encoder" in log.read_text()
     ended_before = {s["dir"]: (storage / "o" / "main" / s["dir"] / "result.json").read_text()
                     for s in _states(main_states).values() if s["state"] in ("finished", "early_stopped")}

@@ -8,9 +8,6 @@ environment variables. Bad input (missing bucket, unreachable endpoint) is in te
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 
 import pandas as pd
 import pyarrow.fs as pafs
@@ -18,7 +15,7 @@ import pytest
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import TEST_SPECS, kill_group, moto_server, run_study_cli, start_study_cli, wait_for
+from tests.study_helpers import TEST_SPECS, crash_driver_when, moto_server, run_study_cli, start_study_cli
 
 pytestmark = pytest.mark.slow
 
@@ -56,16 +53,9 @@ def test_study_on_s3_is_killed_resumed_and_read_back_from_the_bucket(s3_storage,
         # val_interval 2 of tiny.yaml's 4 epochs: epoch 2 reports with a checkpoint, which Tune uploads to the bucket.
         return any(s["state"] == "running" and s.get("last_epoch") == 3 for s in main_states().values())
 
-    try:
-        wait_for(a_main_trial_checkpointed_and_running, timeout=300, interval=0.2,
-                 what="a running main trial past its first checkpoint, as the bucket's main_trials.json says")
-    except AssertionError:
-        kill_group(driver)
-        raise AssertionError((tmp_path / "driver.log").read_text()[-5000:])
-    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
-    driver.wait()
-    time.sleep(2)
-    kill_group(driver)  # then the Ray processes it left behind
+    crash_driver_when(driver, a_main_trial_checkpointed_and_running, tmp_path / "driver.log",
+                      "a running main trial past its first checkpoint, as the bucket's main_trials.json says",
+                      interval=0.2)
     log = (tmp_path / "driver.log").read_text()
     assert "Traceback" not in log, log[-5000:]
     assert storage.read_json(name, "study.json")["state"] == "running"  # killed: nobody said otherwise

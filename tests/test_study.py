@@ -17,8 +17,8 @@ import torch
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import (SPECS, TEST_SPECS, free_port, kill_group, run_study_cli, session_processes,
-                                 start_study_cli, study_env, wait_for)
+from tests.study_helpers import (SPECS, TEST_SPECS, crash_driver_when, free_port, kill_group, run_study_cli,
+                                 session_processes, start_study_cli, study_env, wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -108,15 +108,8 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         midway = [s for s in states.values() if s["state"] == "running" and (s.get("last_epoch") or 0) in (3, 5)]
         return finished and midway
 
-    try:
-        wait_for(one_finished_and_one_checkpointed, timeout=300, interval=0.1, what="a finished and a half-done trial")
-    except AssertionError:
-        kill_group(driver)
-        raise AssertionError((tmp_path / "driver.log").read_text()[-5000:])
-    os.kill(driver.pid, signal.SIGKILL)  # the driver alone, as a crash would
-    driver.wait()
-    time.sleep(2)
-    kill_group(driver)  # then the Ray processes it left behind
+    crash_driver_when(driver, one_finished_and_one_checkpointed, tmp_path / "driver.log",
+                      "a finished and a half-done trial")
 
     experiment = storage / "r" / "main"
     finished_before = {
