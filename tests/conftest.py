@@ -27,6 +27,20 @@ def cityscapes_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def finished_tiny_study(tmp_path_factory):
+    """tests/specs/tiny.yaml run to the end once, as study "t": the storage folder holding it.
+
+    Ray studies cost most of the suite's time; tests that start from a finished study copy
+    this folder (a moved study, which must work anyway) instead of running their own.
+    """
+    from tests.study_helpers import TEST_SPECS, run_study_cli
+
+    home = tmp_path_factory.mktemp("tiny-study")
+    run_study_cli(["run", str(TEST_SPECS / "tiny.yaml"), "--name", "t"], home, home / "studies")
+    return home / "studies"
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_ray_processes_left_behind():
     """The suite fails if Ray processes it started outlive it (ended here, then reported)."""

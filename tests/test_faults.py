@@ -59,11 +59,10 @@ def test_faulty_trials_are_retried_errored_or_diverged_and_the_study_goes_on(tmp
     assert exported.loc["nan_weights", "status"] == "diverged"
 
 
-def test_resume_runs_planned_trials_that_the_backend_lost(tmp_path):
+def test_resume_runs_planned_trials_that_the_backend_lost(tmp_path, finished_tiny_study):
     """A trial whose folder and record are gone (Ray's state says it finished) runs again on resume."""
     storage = tmp_path / "studies"
-    spec = str(TEST_SPECS / "tiny.yaml")
-    run_study_cli(["run", spec, "--name", "t"], tmp_path, storage)
+    shutil.copytree(finished_tiny_study, storage)
     lost = "segformer_scratch-s0"
     shutil.rmtree(storage / "t" / "main" / lost)
     states_file = storage / "t" / "main_trials.json"
@@ -147,7 +146,7 @@ def test_two_drivers_on_one_study_the_second_refuses_and_a_dead_ones_lock_is_tak
     """Two `study run` of the same name started at once: exactly one runs, the other exits 2
     naming it; `study resume` is refused while it lives and takes the lock over once it is dead."""
     storage = tmp_path / "studies"
-    args = ["run", str(TEST_SPECS / "tiny.yaml"), "--name", "twice"]
+    args = ["run", str(TEST_SPECS / "single.yaml"), "--name", "twice"]
     drivers = [start_study_cli(args, tmp_path, storage, tmp_path / f"driver{i}.log") for i in range(2)]
     try:
         wait_for(lambda: any(d.poll() is not None for d in drivers), timeout=120, what="one driver to refuse")
@@ -161,10 +160,13 @@ def test_two_drivers_on_one_study_the_second_refuses_and_a_dead_ones_lock_is_tak
         assert winner.poll() is None
         refused = run_study_cli(["resume", "twice"], tmp_path, storage, check=False)
         assert refused.returncode == 2 and f"already being run by process {winner.pid}" in refused.stderr
+        # status reads the study from another process while it runs
+        status = json.loads(run_study_cli(["status", "twice", "--json"], tmp_path, storage).stdout)
+        assert status["state"] == "running" and status["study"] == "twice"
     finally:
         for driver in drivers:
             kill_group(driver)
     resumed = run_study_cli(["resume", "twice"], tmp_path, storage)
     assert "study twice finished" in resumed.stderr
     trials = load_results(Storage(storage), "twice").trials
-    assert set(trials["status"]) == {"finished"} and len(trials) == 3  # 1 pretraining + 2 main
+    assert set(trials["status"]) == {"finished"} and len(trials) == 1

@@ -75,10 +75,10 @@ def test_smoke_study_end_to_end(tmp_path):
     assert "already finished" in again.stderr
 
 
-def test_second_study_reuses_the_pretrained_encoder_and_names_clash(tmp_path):
+def test_second_study_reuses_the_pretrained_encoder_and_names_clash(tmp_path, finished_tiny_study):
     storage = tmp_path / "studies"
+    shutil.copytree(finished_tiny_study, storage)  # holds study "t" and the encoder its pretraining made
     spec = str(TEST_SPECS / "tiny.yaml")
-    run_study_cli(["run", spec, "--name", "first"], tmp_path, storage)
     second = run_study_cli(["run", spec, "--name", "second"], tmp_path, storage)
     assert "[pretrain] reusing encoder" in second.stderr
     results = load_results(Storage(storage), "second")
@@ -136,16 +136,16 @@ def test_resume_after_the_driver_is_killed(tmp_path):
 
 def test_ctrl_c_stops_the_run_and_prints_how_to_resume(tmp_path):
     storage = tmp_path / "studies"
-    driver = start_study_cli(["run", str(TEST_SPECS / "resume.yaml"), "--name", "i"], tmp_path, storage,
+    driver = start_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "i"], tmp_path, storage,
                              tmp_path / "driver.log")
     trials_file = storage / "i" / "main_trials.json"
 
-    def a_trial_midway():
+    def a_trial_midway():  # past its first checkpoint (epoch 5 of 40)
         try:
             states = json.loads(trials_file.read_text())
         except (OSError, ValueError):
             return False
-        return any(s["state"] == "running" and 2 <= (s.get("last_epoch") or 0) < 6 for s in states.values())
+        return any(s["state"] == "running" and 6 <= (s.get("last_epoch") or 0) < 30 for s in states.values())
 
     try:
         wait_for(a_trial_midway, timeout=300, interval=0.1, what="a half-done trial")
@@ -169,7 +169,8 @@ def test_ctrl_c_stops_the_run_and_prints_how_to_resume(tmp_path):
     resumed = run_study_cli(["resume", "i"], tmp_path, storage)
     assert "study i finished" in resumed.stderr
     results = load_results(Storage(storage), "i")
-    assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 2
+    assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 1
+    assert results.trials.iloc[0]["epochs_run"] == 40
 
 
 def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
@@ -191,7 +192,9 @@ def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
                                   start_new_session=True)
         nodes.append(worker)
         wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 120, what="the second node")
-        run_study_cli(["run", str(TEST_SPECS / "tiny.yaml"), "--name", "c", "--address", address],
+        # two trials, one CPU each, on two one-CPU nodes
+        run_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "c", "--address", address,
+                       "--set", "seeds=2", "--set", "train.epochs=4", "--set", "max_concurrent=2"],
                       tmp_path, tmp_path / "studies", env=env)
     finally:
         for node in reversed(nodes):
@@ -199,5 +202,5 @@ def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
             kill_group(node)
         shutil.rmtree(temp, ignore_errors=True)
     results = load_results(Storage(tmp_path / "studies"), "c")
-    assert set(results.trials["status"]) == {"finished"}
+    assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 2
     assert results.epochs["node_id"].nunique() == 2
