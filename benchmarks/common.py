@@ -115,13 +115,16 @@ def generated_dataset(dataset: str, train: int, val: int, seed: int = 0, image_s
     return root
 
 
-def write_results(name: str, data: dict, markdown: str) -> tuple[Path, Path]:
+def write_results(name: str, data: dict, paragraphs: list[str]) -> str:
+    """results/benchmarks/<name>.json and .md (the non-empty paragraphs); the Markdown is printed too."""
+    markdown = "\n\n".join(part for part in paragraphs if part)
     RESULTS.mkdir(parents=True, exist_ok=True)
     json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
     say(f"wrote {json_path.relative_to(REPO)} and {md_path.relative_to(REPO)}")
-    return json_path, md_path
+    print(markdown)
+    return markdown
 
 
 def table(header: list[str], rows: list[list]) -> str:

@@ -162,7 +162,7 @@ def main(argv=None) -> int:
          f"cache build {build_seconds:.1f} s once; open {open_seconds:.2f} s; copy to device {to_device_seconds:.3f} s"],
     ]
     verdict = "met" if speedup >= TARGET_SPEEDUP else "missed"
-    markdown = "\n\n".join(part for part in [
+    write_results("input_pipeline", data, [
         "# Input pipeline: seed-style loader vs cached split on the device",
         f"Machine: {machine_line(info)}. Device: {device}.",
         f"{count} generated pets trainval pictures ({source}), {args.image_size}x{args.image_size}, batch "
@@ -172,9 +172,7 @@ def main(argv=None) -> int:
         f"Cached / seed-style: **{speedup:.0f}x** (target >= {TARGET_SPEEDUP:.0f}x: {verdict}).",
         load_note(info),
         "Command: `make bench-input` (`python benchmarks/input_pipeline.py`).",
-    ] if part)
-    write_results("input_pipeline", data, markdown)
-    print(markdown)
+    ])
     return 0
 
 

@@ -164,7 +164,7 @@ def main(argv=None) -> int:
          f"{bare_wall:.1f}", "0", f"**{bare_overhead:.2f}**", ""],
     ]
     timeline = data["study"]["timeline_seconds"]
-    markdown = "\n\n".join([
+    write_results("overhead", data, [
         "# Per-trial overhead of the study service on CPU",
         f"Machine: {machine_line(info)}. Device: cpu.",
         table(["run", "wall s", "trials' training s", "overhead s/trial", "s/trial if concurrent training overlapped"],
@@ -184,8 +184,6 @@ def main(argv=None) -> int:
         load_note(info),
         "Command: `make bench-overhead` (`python benchmarks/overhead.py`).",
     ])
-    write_results("overhead", data, markdown)
-    print(markdown)
     if not args.keep:
         shutil.rmtree(run_dir, ignore_errors=True)
     return 0

@@ -222,7 +222,8 @@ def main(argv=None) -> int:
         rows.append([per_gpu, *cells, *gpu_cells])
     header = ["GPU per trial", "prepare s", "Ray start-up s", "pretraining s", "stage switch s", "trials s",
               "shutdown s", "total s", "GPU idle s", "GPU busy"]
-    markdown = "\n\n".join(part for part in [
+    out_name = "study_wall" if not (args.small or args.overrides) else "study_wall_tryout"
+    write_results(out_name, data, [
         f"# Study wall time: `study run {args.spec}`",
         f"Machine: {machine_line(info)}. Trials ran on: {', '.join(devices) or 'unknown'}.",
         f"{counts['pretrain']} pretraining + {counts['main']} main trials on {size_note}"
@@ -234,10 +235,7 @@ def main(argv=None) -> int:
         "nvidia-smi's utilization.gpu sampled every 0.5 s over the whole run.",
         load_note(info),
         "Command: `make bench-study-wall` (`python benchmarks/study_wall.py`).",
-    ] if part)
-    out_name = "study_wall" if not (args.small or args.overrides) else "study_wall_tryout"
-    write_results(out_name, data, markdown)
-    print(markdown)
+    ])
     return 0
 
 

@@ -165,7 +165,7 @@ def main(argv=None) -> int:
                          f">= {GPU_TARGETS[arch]:,}", "run `make bench-step` on a GPU machine"])
     data = {"benchmark": "train_step", "machine": info, "settings": vars(args), "results": results,
             "gpu_targets_images_per_second": GPU_TARGETS}
-    markdown = "\n\n".join(part for part in [
+    write_results("train_step", data, [
         "# Training step: images/s and achieved TFLOP/s",
         f"Machine: {machine_line(info)}. Device: {device}.",
         f"Batch {args.batch_size} at {args.image_size}x{args.image_size}, the engine's train_one_epoch "
@@ -174,9 +174,7 @@ def main(argv=None) -> int:
         table(["model", "path", "device", "images/s", "s/step", "TFLOP/s", "GFLOP/image", "target", "notes"], rows),
         load_note(info),
         "Command: `make bench-step` (`python benchmarks/train_step.py [--batch-size 64] [--steps N] [--compile]`).",
-    ] if part)
-    write_results("train_step", data, markdown)
-    print(markdown)
+    ])
     return 0
 
 
