@@ -37,7 +37,7 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
         if storage.exists(name, "plan.json"):
             raise StudyError(
                 f"a study named {name!r} already exists in {storage.root}: continue it with "
-                f"`study resume {name} --storage {shlex.quote(storage.root)}`, or pick another --name"
+                f"`{resume_command(storage, name)}`, or pick another --name"
             )
         generate_missing_datasets(spec)
         plan = make_plan(spec, dataset_fingerprint, study_name=name)
@@ -61,6 +61,11 @@ def resume_study(storage: Storage, name: str, address: str | None = None) -> int
         build_caches(plan)
         _say(f"resuming study {name}: {describe_plan(plan)}")
         return execute(spec, plan, storage, name, address)
+
+
+def resume_command(storage: Storage, name: str) -> str:
+    """What to type to continue the study (a URI's query needs quoting for the shell)."""
+    return f"study resume {name} --storage {shlex.quote(storage.root)}"
 
 
 def load_stored_spec(storage: Storage, name: str) -> StudySpec:
@@ -92,13 +97,13 @@ def execute(spec: StudySpec, plan: Plan, storage: Storage, name: str, address: s
     if not complete:
         storage.write_json({"state": "interrupted", "history": history}, name, "study.json")
         _say(f"study {name} was interrupted; finished trials are kept. Continue it with:\n"
-             f"    study resume {name} --storage {shlex.quote(storage.root)}")
+             f"    {resume_command(storage, name)}")
         return INTERRUPTED_EXIT
     storage.write_json({"state": "finished", "history": history}, name, "study.json")
     audit = check_against_plan(storage, name)
     if audit.incomplete:
         storage.write_json({"state": "incomplete", "history": history, "problems": audit.problems()}, name, "study.json")
-        _say(f"study {name} is incomplete: `study resume {name} --storage {shlex.quote(storage.root)}` runs what is missing")
+        _say(f"study {name} is incomplete: `{resume_command(storage, name)}` runs what is missing")
         return 1
     _say(f"study {name} finished. See `study status {name}`, `study report {name}`, `study export {name}`.")
     return 0
