@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import shlex
 import socket
 import sys
@@ -209,7 +210,7 @@ def ended_keys(storage: Storage, name: str, stage: str) -> set[str]:
 
 
 def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None, resources: dict, encoders: dict,
-              search: SearchPlan | None = None, fresh: bool = False):
+              search: SearchPlan | None = None, fresh: bool = False, repair: bool = True):
     """One Tune experiment, restored from its folder when an earlier driver started it (unless `fresh`).
 
     Returns (Tune's results, whether the user interrupted it).
@@ -234,7 +235,10 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
         for callback in tuner._local_tuner.get_run_config().callbacks or []:
             if isinstance(callback, StudyProgress):
                 callback.states_uri = storage.uri(name, trials_file(stage))
-        return fit_watched(tuner)
+        grid, interrupted = fit_watched(tuner)
+        if repair and not interrupted and restore_lost_checkpoints(grid, storage, stage):
+            return run_stage(spec, storage, name, stage, trials, resources, encoders, search, repair=False)
+        return grid, interrupted
 
     scheduler = make_scheduler(spec, stage)
     tune_config = dict(
@@ -263,6 +267,39 @@ def run_stage(spec, storage: Storage, name: str, stage: str, trials: list | None
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                        run_config=run_config)
     return fit_watched(tuner)
+
+
+LOST_CHECKPOINT = re.compile(r"Could not recover from checkpoint as it does not exist on storage anymore\..*?path: (\S+)")
+
+
+def restore_lost_checkpoints(grid, storage: Storage, stage: str) -> int:
+    """Trials that failed to resume because their recorded checkpoint is gone: put their newest one there.
+
+    Tune records a trial's latest checkpoint in the experiment state one asynchronous sync
+    after it has deleted the one before (num_to_keep), so a driver killed in between leaves a
+    state naming a deleted folder, and the restored trial fails every attempt. The trial's
+    newest checkpoint is a later point of the same run: copied under the recorded name, the
+    trial continues from it. Returns how many trials were mended.
+    """
+    import pyarrow.fs as pafs
+
+    mended = 0
+    for result in grid:
+        found = LOST_CHECKPOINT.search(str(result.error or ""))
+        if not found:
+            continue
+        lost = found.group(1)
+        folder = lost.rsplit("/", 1)[0]
+        kept = sorted(info.path for info in storage.fs.get_file_info(pafs.FileSelector(folder))
+                      if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        if not kept:
+            continue
+        storage.fs.create_dir(lost, recursive=True)
+        pafs.copy_files(kept[-1], lost, source_filesystem=storage.fs, destination_filesystem=storage.fs)
+        _say(f"[{stage}] {folder.rsplit('/', 1)[-1]}: its recorded checkpoint was already replaced; "
+             f"resuming it from its newest one ({kept[-1].rsplit('/', 1)[-1]})")
+        mended += 1
+    return mended
 
 
 def tune_location(storage: Storage, *parts: str):

@@ -170,3 +170,28 @@ def test_two_drivers_on_one_study_the_second_refuses_and_a_dead_ones_lock_is_tak
     assert "study twice finished" in resumed.stderr
     trials = load_results(Storage(storage), "twice").trials
     assert set(trials["status"]) == {"finished"} and len(trials) == 1
+
+
+def test_resume_mends_a_recorded_checkpoint_that_tune_had_already_replaced(tmp_path):
+    """Tune records a trial's checkpoint in its experiment state one sync after deleting the one
+    before; a driver killed in between leaves the state naming a folder that is gone. Made here
+    for certain by renaming the trial's checkpoint: resume continues the trial from it anyway."""
+    storage = tmp_path / "studies"
+    log = tmp_path / "driver.log"
+    driver = start_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "m", "--set", "train.epochs=12"],
+                             tmp_path, storage, log)
+    states_file = storage / "m" / "main_trials.json"
+    crash_driver_when(driver, lambda: any(s["state"] == "running" and 7 <= (s.get("last_epoch") or 0) <= 8
+                                          for s in _states(states_file).values()),
+                      log, "the trial two epochs past its first checkpoint")
+    trial = storage / "m" / "main" / "segformer_scratch-s0"
+    newest = sorted(trial.glob("checkpoint_*"))[-1]
+    index = int(newest.name.split("_")[1])
+    newest.rename(trial / f"checkpoint_{index + 1:06d}")  # the recorded one is gone, a later one is kept
+
+    resumed = run_study_cli(["resume", "m"], tmp_path, storage)
+    assert "its recorded checkpoint was already replaced; resuming it from its newest one" in resumed.stderr
+    assert "study m finished" in resumed.stderr
+    trials = load_results(Storage(storage), "m").trials
+    assert (trials.iloc[0]["status"], trials.iloc[0]["epochs_run"]) == ("finished", 12)
+    assert restarts(str(trial)) == [6]  # from the checkpoint of epoch 5, not from scratch
