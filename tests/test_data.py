@@ -11,7 +11,14 @@ from cityscapesscripts.helpers.labels import labels as official_labels
 from PIL import Image
 
 from trainables.data import (
-    CLASS_NAMES, NUM_CLASSES, SPLITS, cache, check_dataset, dataset_fingerprint, load_split, synth_dataset,
+    CLASS_NAMES,
+    NUM_CLASSES,
+    SPLITS,
+    cache,
+    check_dataset,
+    dataset_fingerprint,
+    load_split,
+    synth_dataset,
 )
 from trainables.errors import DatasetError
 
@@ -122,7 +129,7 @@ def test_odd_image_modes_become_rgb(tmp_path):
         "RGBA": Image.fromarray(rgb).convert("RGBA"),
         "CMYK": Image.fromarray(rgb).convert("CMYK"),
         "P": Image.fromarray(rgb).convert("P"),
-        "I;16": Image.fromarray((np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)),
+        "I;16": Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257),
     }
     for (image_path, _), (mode, image) in zip(files, odd.items()):
         assert image.mode == mode
@@ -362,7 +369,7 @@ def test_check_dataset_report(dataset, pets_root, cityscapes_root):
     root = pets_root if dataset == "pets" else cityscapes_root
     report = json.loads(json.dumps(check_dataset(dataset, root, (24, 40))))
     assert report["dataset"] == dataset and list(report["splits"]) == list(SPLITS[dataset])
-    for split, info in report["splits"].items():
+    for info in report["splits"].values():
         assert set(info) == {"samples", "pixels"}
         assert sum(info["pixels"].values()) == info["samples"] * 24 * 40
         assert {str(c) for c in range(NUM_CLASSES[dataset])} <= set(info["pixels"]) <= {

@@ -4,6 +4,16 @@ import math
 import pytest
 import torch
 
+from trainables.checkpoint import (
+    BEST_WEIGHTS,
+    ENCODER_FILE,
+    FINAL_WEIGHTS,
+    STATE_FILE,
+    TRIAL_FILE,
+    load_training_state,
+    load_weights,
+    save_checkpoint,
+)
 from trainables.config import TrainConfig
 from trainables.engine import FaultInjected, fit
 from trainables.errors import ConfigError
@@ -22,10 +32,11 @@ def test_validation_epochs_and_record_fields(pets_root, tmp_path):
     assert [r["epoch"] for r in result.records] == [1, 2, 3]
     assert [r["validated"] for r in result.records] == [False, True, True]  # every 2 epochs and at the last
     validated = result.records[1]
-    for key in ("train_loss", "train_miou", "val_loss", "val_miou", "val_miou_present", "val_iou_0", "val_iou_2",
-                "lr", "epoch_seconds", "images_per_second"):
+    for key in ("train_loss", "train_miou", "val_loss", "val_miou", "val_miou_present", "lr", "epoch_seconds",
+                "images_per_second"):
         assert key in validated and math.isfinite(validated[key]), key
-    assert "val_miou" not in result.records[0]
+    assert len(validated["val_iou"]) == 3 and all(math.isfinite(v) for v in validated["val_iou"])
+    assert result.records[0]["val_miou"] is None and result.records[0]["val_iou"] is None
     assert result.best_epoch in (2, 3)
     assert result.best_val_miou == max(r["val_miou"] for r in result.records if r["validated"])
     # ExponentialLR(0.98) stepped once per epoch
@@ -39,42 +50,59 @@ def test_same_seed_gives_the_same_run_on_cpu(pets_root, tmp_path):
     assert [[r.get(k) for k in keys] for r in first.records] == [[r.get(k) for k in keys] for r in second.records]
 
 
+def keep_checkpoint_of(epoch: int, folder):
+    """An epoch callback that writes the checkpoint of `epoch` to `folder`, as a trial does."""
+    def keep(record, snapshot):
+        if record["epoch"] == epoch:
+            folder.mkdir(exist_ok=True)
+            save_checkpoint(folder, snapshot)
+    return keep
+
+
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(pets_root, tmp_path):
+    """The kept training state (loaded weights-only) continues the run exactly, with its whole history."""
     config = tiny_config(pets_root, tmp_path, epochs=4, hflip=True, drop_path=0.1)
-    path = tmp_path / "state.pt"
-
-    def keep_epoch_2(record, training_state):
-        if record["epoch"] == 2:
-            torch.save(training_state(), path)  # as a real checkpoint does, within the callback
-
-    uninterrupted = fit(config, on_epoch_end=keep_epoch_2)
-    resumed = fit(config, resume_state=torch.load(path, weights_only=False))
-    assert [r["epoch"] for r in resumed.records] == [3, 4]
-    keys = ("train_loss", "train_miou", "val_loss", "val_miou", "lr")
-    for a, b in zip(uninterrupted.records[2:], resumed.records):
-        assert [a.get(k) for k in keys] == [b.get(k) for k in keys]
+    folder = tmp_path / "checkpoint"
+    uninterrupted = fit(config, on_epoch_end=keep_checkpoint_of(2, folder))
+    resumed = fit(config, resume_state=load_training_state(folder))
+    assert [r["epoch"] for r in resumed.records] == [1, 2, 3, 4]  # epochs 1-2 come with the state
+    keys = ("train_loss", "train_miou", "val_loss", "val_miou", "lr", "val_iou")
+    values = [[r.get(k) for k in keys] for r in resumed.records]
+    assert values == [[r.get(k) for k in keys] for r in uninterrupted.records]
     assert (resumed.best_val_miou, resumed.best_epoch) == (uninterrupted.best_val_miou, uninterrupted.best_epoch)
+
+
+def test_a_finished_runs_checkpoint_holds_weights_only(pets_root, tmp_path):
+    """The last checkpoint: final weights and the best epoch's (when another), no optimizer state."""
+    config = tiny_config(pets_root, tmp_path, epochs=4, lr=0.05)  # a high lr: the last epoch is rarely the best
+    folder = tmp_path / "final"
+    result = fit(config, on_epoch_end=keep_checkpoint_of(4, folder))
+    assert not (folder / STATE_FILE).exists()
+    final = load_weights(folder / FINAL_WEIGHTS)
+    assert all(isinstance(v, torch.Tensor) for v in final.values()) and "decoder.classifier.weight" in final
+    saved = json.loads((folder / TRIAL_FILE).read_text())
+    assert saved["kind"] == "final" and [r["epoch"] for r in saved["records"]] == [1, 2, 3, 4]
+    assert (folder / BEST_WEIGHTS).exists() == (result.best_epoch != 4) == saved["has_best_weights"]
+    weights = sum(v.numel() * v.element_size() for v in final.values())
+    stored = sum(f.stat().st_size for f in folder.iterdir())
+    assert stored <= 2.2 * weights
 
 
 def test_fault_hook_raises_at_the_given_epoch(pets_root, tmp_path):
     seen = []
     with pytest.raises(FaultInjected, match="epoch 2"):
-        fit(tiny_config(pets_root, tmp_path, fault_epoch=2), on_epoch_end=lambda record, state: seen.append(record["epoch"]))
+        fit(tiny_config(pets_root, tmp_path, fault_epoch=2),
+            on_epoch_end=lambda record, state: seen.append(record["epoch"]))
     assert seen == [1]
 
 
 def test_fault_once_spares_an_attempt_resumed_from_a_checkpoint(pets_root, tmp_path):
     config = tiny_config(pets_root, tmp_path, epochs=3, fault_epoch=3, fault_once=True)
-    path = tmp_path / "state.pt"
-
-    def keep_epoch_2(record, training_state):
-        if record["epoch"] == 2:
-            torch.save(training_state(), path)
-
+    folder = tmp_path / "checkpoint"
     with pytest.raises(FaultInjected):
-        fit(config, on_epoch_end=keep_epoch_2)
-    resumed = fit(config, resume_state=torch.load(path, weights_only=False))
-    assert [r["epoch"] for r in resumed.records] == [3]
+        fit(config, on_epoch_end=keep_checkpoint_of(2, folder))
+    resumed = fit(config, resume_state=load_training_state(folder))
+    assert [r["epoch"] for r in resumed.records] == [1, 2, 3]
 
 
 def test_non_finite_loss_stops_the_run_as_diverged(pets_root, tmp_path):
@@ -86,10 +114,11 @@ def test_non_finite_loss_stops_the_run_as_diverged(pets_root, tmp_path):
 
 
 def test_export_encoder_last_matches_the_trained_model(pets_root, tmp_path):
-    path = tmp_path / "state.pt"
+    kept = {}
     result = fit(tiny_config(pets_root, tmp_path, epochs=2, export_encoder="last"),
-                 on_epoch_end=lambda record, state: torch.save(state(), path))
-    model_state = torch.load(path, weights_only=False)["model"]
+                 on_epoch_end=lambda record, snapshot: kept.update(
+                     {k: v.clone() for k, v in snapshot.weights().items()}))
+    model_state = kept
     assert result.encoder_state is not None
     for key, value in result.encoder_state.items():
         assert torch.equal(value, model_state[f"encoder.{key}"].cpu())
@@ -101,13 +130,22 @@ def test_train_to_folder_writes_metrics_checkpoints_and_resumes(pets_root, tmp_p
     train_to_folder(config, out)
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [line["epoch"] for line in lines] == [1, 2]
-    for name in ("config.json", "checkpoint_last.pt", "checkpoint_best.pt", "encoder.pt"):
+    for name in ("config.json", f"checkpoint/{FINAL_WEIGHTS}", f"checkpoint/{ENCODER_FILE}",
+                 f"checkpoint/{TRIAL_FILE}"):
         assert (out / name).stat().st_size > 0, name
     with pytest.raises(ConfigError, match="already holds a run"):
         train_to_folder(config, out)
-    longer = config.replace(epochs=4)
+    with pytest.raises(ConfigError, match="already finished"):
+        train_to_folder(config, out, resume=True)
+    # a run cut off at epoch 3 continues from its checkpoint of epoch 2
+    cut = tmp_path / "cut"
+    with pytest.raises(FaultInjected):
+        train_to_folder(config.replace(epochs=4, fault_epoch=3, fault_once=True), cut)
     with pytest.raises(ConfigError, match="other settings"):
-        train_to_folder(longer, out, resume=True)
+        train_to_folder(config.replace(epochs=5, fault_epoch=3, fault_once=True), cut, resume=True)
+    train_to_folder(config.replace(epochs=4, fault_epoch=3, fault_once=True), cut, resume=True)
+    lines = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [line["epoch"] for line in lines] == [1, 2, 3, 4]
 
 
 def test_learning_segformer_beats_predicting_one_class(pets_root, tmp_path):

@@ -42,7 +42,8 @@ def test_empty_confusion_matrix():
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.integers(1, 6).flatmap(lambda n: st.tuples(st.just(n), st.lists(st.integers(0, 50), min_size=n * n, max_size=n * n))))
+@given(st.integers(1, 6).flatmap(
+    lambda n: st.tuples(st.just(n), st.lists(st.integers(0, 50), min_size=n * n, max_size=n * n))))
 def test_random_confusion_matrices_give_miou_in_unit_interval_equal_to_direct_computation(case):
     n, values = case
     confusion = torch.tensor(values, dtype=torch.int64).reshape(n, n)

@@ -4,12 +4,19 @@ import pytest
 import torch
 import torchvision
 
+from trainables.checkpoint import weights_metadata
 from trainables.config import TrainConfig
 from trainables.errors import WeightsError
 from trainables.models import build_model, count_parameters
 from trainables.models.segformer import Segformer, SegformerConfig
-from trainables.models.transfer import (export_encoder_state, freeze_encoder, load_encoder_file, load_encoder_state,
-                                        save_encoder, trainable_parameters)
+from trainables.models.transfer import (
+    export_encoder_state,
+    freeze_encoder,
+    load_encoder_file,
+    load_encoder_state,
+    save_encoder,
+    trainable_parameters,
+)
 
 SIZES = [(64, 64), (48, 80)]
 
@@ -67,9 +74,9 @@ def test_mit_presets_follow_the_paper():
 def test_encoder_transfer_copies_exactly_the_encoder(tmp_path):
     source, target = segformer(dataset="cityscapes"), segformer()
     decoder_before = {k: v.clone() for k, v in target.decoder.state_dict().items()}
-    path = tmp_path / "encoder.pt"
-    save_encoder(source, path, {"note": "test"})
-    assert torch.load(path, weights_only=True)["segformer_stem"] == "paper"
+    path = tmp_path / "encoder.safetensors"
+    save_encoder(source, path, TrainConfig(arch="segformer_b0", dataset="cityscapes"))
+    assert weights_metadata(path)["segformer_stem"] == "paper"
     load_encoder_state(target, load_encoder_file(path), str(path))
     expected = source.encoder.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in target.encoder.state_dict().items())

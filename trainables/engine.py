@@ -1,9 +1,9 @@
 """The training loop: plain functions, as in torchvision's references/segmentation.
 
-`fit` runs one training from a `TrainConfig` and calls `on_epoch_end(record, training_state)`
+`fit` runs one training from a `TrainConfig` and calls `on_epoch_end(record, snapshot)`
 after each epoch, so the Ray adapter (and `study train`) can report and checkpoint
-without this module knowing about either. `training_state()` returns the full
-state with live tensors (no copy, for speed): serialise it within the callback.
+without this module knowing about either. A `Snapshot` hands out the full training state
+and the weights with live tensors (no copy, for speed): serialise them within the callback.
 """
 
 from __future__ import annotations
@@ -16,23 +16,22 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from trainables import metrics
+from trainables.checkpoint import get_rng_state, set_rng_state
 from trainables.config import TrainConfig
 from trainables.data import SPLITS, load_split
 from trainables.data.device import DeviceSplit
 from trainables.errors import ConfigError
 from trainables.models import build_model
 from trainables.models.transfer import export_encoder_state, trainable_parameters
+from trainables.records import EpochRecord, format_record
 
-CHECKPOINT_VERSION = 1
-
-EpochCallback = Callable[[dict, Callable[[], dict]], None]
+CHECKPOINT_VERSION = 2
 
 
 @dataclass
@@ -42,6 +41,52 @@ class FitResult:
     best_epoch: int = 0
     status: str = "finished"  # finished | diverged
     encoder_state: dict | None = None  # set when config.export_encoder is "last" or "best"
+
+
+@dataclass
+class Snapshot:
+    """What an epoch callback may keep. Tensors are live: serialise them within the callback."""
+
+    epoch: int
+    final: bool  # the run ends with this epoch (last epoch, or diverged)
+    config: TrainConfig
+    result: FitResult
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    generator: torch.Generator
+    best_weights: dict | None  # CPU copy of the weights of the best validated epoch (None: none yet)
+    best_encoder: dict | None
+
+    def weights(self) -> dict:
+        """The model's weights now (the state dict of its parameters and buffers)."""
+        return self.model.state_dict()
+
+    def best_weights_if_other(self) -> dict | None:
+        """The best validated epoch's weights when that is not this epoch (else None: `weights()` are they)."""
+        return self.best_weights if self.result.best_epoch not in (0, self.epoch) else None
+
+    def training_state(self) -> dict:
+        """Everything `fit(resume_state=...)` needs to continue exactly; tensors and plain values only."""
+        return {
+            "version": CHECKPOINT_VERSION,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "generator": self.generator.get_state(),
+            "rng": get_rng_state(),
+            "best_val_miou": self.result.best_val_miou,
+            "best_epoch": self.result.best_epoch,
+            "best_weights": self.best_weights_if_other(),
+            "best_encoder": self.best_encoder,
+            "encoder_export": self.result.encoder_state,
+            "records": self.result.records,
+        }
+
+
+EpochCallback = Callable[[dict, Snapshot], None]
 
 
 class FaultInjected(RuntimeError):
@@ -71,7 +116,8 @@ def seed_everything(seed: int) -> None:
 def make_optimizer(config: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
     fused = device.type == "cuda" if config.fused_optimizer is None else config.fused_optimizer
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay, fused=fused)
+        return torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay,
+                                 fused=fused)
     return torch.optim.Adam(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay, fused=fused)
 
 
@@ -112,7 +158,8 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit, *, batch_size: int, num_classes: int, autocast) -> dict:
+def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit, *, batch_size: int, num_classes: int,
+             autocast) -> dict:
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
@@ -130,7 +177,8 @@ def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
 
 
 def load_device_split(config: TrainConfig, split: str, device: torch.device, max_samples: int | None) -> DeviceSplit:
-    arrays = load_split(config.dataset, config.data_root, split, config.image_size, config.cache_dir, max_samples=max_samples)
+    arrays = load_split(config.dataset, config.data_root, split, config.image_size, config.cache_dir,
+                        max_samples=max_samples)
     return DeviceSplit(arrays.images, arrays.masks, device, channels_last=config.channels_last)
 
 
@@ -162,36 +210,23 @@ def fit(
 
     result = FitResult()
     best_encoder: dict | None = None
+    best_weights: dict | None = None
     start_epoch = 1
     if resume_state is not None:
         model.load_state_dict(resume_state["model"])
         optimizer.load_state_dict(resume_state["optimizer"])
         scheduler.load_state_dict(resume_state["scheduler"])
         generator.set_state(resume_state["generator"])
-        _set_rng_state(resume_state["rng"])
+        set_rng_state(resume_state["rng"])
         result.best_val_miou = resume_state["best_val_miou"]
         result.best_epoch = resume_state["best_epoch"]
         best_encoder = resume_state.get("best_encoder")
         start_epoch = resume_state["epoch"] + 1
-
-    def state_at(epoch: int) -> Callable[[], dict]:
-        def build() -> dict:
-            return {
-                "version": CHECKPOINT_VERSION,
-                "config": config.to_dict(),
-                "epoch": epoch,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(),
-                "rng": _get_rng_state(),
-                "best_val_miou": result.best_val_miou,
-                "best_epoch": result.best_epoch,
-                "best_encoder": best_encoder,
-                "encoder_export": result.encoder_state,
-            }
-
-        return build
+        result.records = list(resume_state.get("records", []))  # the whole history travels with each state
+        # The best epoch's weights: kept beside the state when they are not the state's own.
+        best_weights = resume_state.get("best_weights")
+        if best_weights is None and result.best_epoch == resume_state["epoch"]:
+            best_weights = _cpu_copy(model.state_dict())
 
     for epoch in range(start_epoch, config.epochs + 1):
         if config.fault_epoch == epoch and not (config.fault_once and resume_state is not None):
@@ -205,49 +240,48 @@ def fit(
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
-        record: dict[str, Any] = {
-            "epoch": epoch,
-            "lr": lr,
-            "train_loss": train["loss"],
-            "train_miou": train["miou"],
-            "train_miou_present": train["miou_present"],
-            "images_per_second": len(train_data) / train_seconds,
-            "validated": False,
-            "diverged": not math.isfinite(train["loss"]),
-        }
-        if not record["diverged"] and is_validation_epoch(epoch, config):
+        record = EpochRecord(
+            epoch=epoch, lr=lr, train_loss=train["loss"], train_miou=train["miou"],
+            train_miou_present=train["miou_present"], images_per_second=len(train_data) / train_seconds,
+            diverged=not math.isfinite(train["loss"]),
+        )
+        if not record.diverged and is_validation_epoch(epoch, config):
             val = evaluate(forward_model, criterion, val_data, batch_size=config.batch_size,
                            num_classes=config.num_classes, autocast=autocast)
-            record.update(
-                validated=True,
-                val_loss=val["loss"],
-                val_miou=val["miou"],
-                val_miou_present=val["miou_present"],
-                val_pixel_accuracy=val["pixel_accuracy"],
-                **{f"val_iou_{i}": v for i, v in enumerate(val["iou"])},
-            )
+            record.validated = True
+            record.val_loss, record.val_miou = val["loss"], val["miou"]
+            record.val_miou_present, record.val_pixel_accuracy = val["miou_present"], val["pixel_accuracy"]
+            record.val_iou = val["iou"]
             if not result.best_epoch or val["miou"] > result.best_val_miou:
                 result.best_val_miou, result.best_epoch = val["miou"], epoch
+                best_weights = _cpu_copy(model.state_dict())
                 if config.export_encoder == "best":
                     best_encoder = export_encoder_state(model)
-        record["epoch_seconds"] = time.perf_counter() - started
-        record["best_val_miou"] = result.best_val_miou
-        record["best_epoch"] = result.best_epoch
-        result.records.append(record)
-        if epoch == config.epochs or record["diverged"]:
+        record.epoch_seconds = time.perf_counter() - started
+        record.best_val_miou, record.best_epoch = result.best_val_miou, result.best_epoch
+        values = record.to_dict()
+        result.records.append(values)
+        final = epoch == config.epochs or record.diverged
+        if final:
             # Exported before the last callback so that the final checkpoint carries it.
             if config.export_encoder == "last":
                 result.encoder_state = export_encoder_state(model)
             elif config.export_encoder == "best":
                 result.encoder_state = best_encoder
         if log:
-            log(format_record(record))
+            log(format_record(values))
         if on_epoch_end:
-            on_epoch_end(record, state_at(epoch))
-        if record["diverged"]:
+            on_epoch_end(values, Snapshot(epoch=epoch, final=final, config=config, result=result, model=model,
+                                          optimizer=optimizer, scheduler=scheduler, generator=generator,
+                                          best_weights=best_weights, best_encoder=best_encoder))
+        if record.diverged:
             result.status = "diverged"
             break
     return result
+
+
+def _cpu_copy(state: dict) -> dict:
+    return {key: value.detach().to("cpu", copy=True) for key, value in state.items()}
 
 
 def inject_fault(config: TrainConfig, model: nn.Module, epoch: int) -> None:
@@ -261,25 +295,3 @@ def inject_fault(config: TrainConfig, model: nn.Module, epoch: int) -> None:
     raise FaultInjected(f"fault injected at epoch {epoch} (fault_epoch setting)")
 
 
-def format_record(record: dict) -> str:
-    text = f"epoch {record['epoch']:3d}  train loss {record['train_loss']:.4f} mIoU {record['train_miou']:.4f}"
-    if record["validated"]:
-        text += f"  val loss {record['val_loss']:.4f} mIoU {record['val_miou']:.4f}"
-    if record["diverged"]:
-        text += "  DIVERGED (non-finite loss)"
-    return text + f"  lr {record['lr']:.2e}  {record['images_per_second']:.0f} img/s"
-
-
-def _get_rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,79 +1,132 @@
 """The only Ray import under trainables/: a trial config in, `fit()` out, reports and checkpoints.
 
-Ray hands the trial one of two config shapes, both resolved here into a TrainConfig:
-- grid and pretraining trials: {"trial": {...TrainConfig fields..., "trial_key", "config_name", "stage"}}
-- Optuna trials: {"variant": "<label>", <float dims>...}, completed from `context.variants` and `context.base`.
-A `pretrain` value naming a pretraining source is replaced by the encoder file the study made for it.
+Each epoch's report is the flat EpochRecord (trainables/records.py) plus who the trial is
+(trial_key, config_name, stage) and where it ran; Tune writes it to the trial's result.json.
+At each validation (and at the end) the report carries a checkpoint in the layout of
+trainables/checkpoint.py. A resumed trial continues from the newest checkpoint in its folder,
+even one that Tune's own experiment state does not name yet (on an object store that state is
+synced periodically, not at every checkpoint).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import atexit
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 import torch
 from ray import tune
 
-from trainables.config import TrainConfig
+from trainables.checkpoint import (
+    FINAL,
+    TRIAL_FILE,
+    CheckpointError,
+    checkpoint_index,
+    load_training_state,
+    parse_trial_json,
+    save_checkpoint,
+)
 from trainables.engine import fit
-from trainables.models.transfer import save_encoder_state
+from trainables.trial import StudyContext, encoder_key, join_uri, resolve_trial, trial_report
 
-STATE_FILE = "state.pt"
-ENCODER_FILE = "encoder.pt"
-TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
-# Columns that describe a trial (rather than its training settings), carried in every report.
-TRIAL_FIELDS = ("trial_key", "config_name", "stage")
+_LOCAL_COPIES: dict[str, str] = {}  # encoder URI -> local file, kept for the worker's later trials
 
 
-@dataclass(frozen=True)
-class StudyContext:
-    """What every trial of a stage shares; passed once through `tune.with_parameters`."""
-
-    base: dict = field(default_factory=dict)  # Optuna: settings shared by every variant
-    variants: dict = field(default_factory=dict)  # Optuna: label -> one valid categorical combination
-    encoders: dict = field(default_factory=dict)  # "source|arch|stem" -> encoder file path or URI
-
-
-def resolve_trial(config: dict, context: StudyContext) -> tuple[dict, TrainConfig]:
-    """(descriptive columns, training settings) of one trial."""
-    if "trial" in config:
-        values = dict(config["trial"])
-    else:
-        variant = config["variant"]
-        values = {**context.base, **context.variants[variant], "config_name": variant}
-        values.update({k: v for k, v in config.items() if k != "variant"})
-        values.setdefault("stage", "main")
-    columns = {k: values.pop(k) for k in TRIAL_FIELDS if k in values}
-    source = values.get("pretrain", "none")
-    key = encoder_key(source, values.get("arch", ""), values.get("segformer_stem", "paper"))
+def train_trial(config: dict, context: StudyContext) -> None:
+    identity, settings = resolve_trial(config, context, tune.get_context().get_trial_id())
+    train_config = settings
+    key = encoder_key(settings.pretrain, settings.arch, settings.segformer_stem)
     if key in context.encoders:  # a pretraining source of the study; anything else is none, imagenet or a path
-        values["pretrain"] = local_copy(context.encoders[key])
-        columns["pretrain_source"] = source
-        columns["encoder_source"] = context.encoders[key]
-    columns.setdefault("pretrain_source", source)
-    return columns, TrainConfig.from_dict({k: v for k, v in values.items() if k in TRAIN_FIELDS})
+        train_config = train_config.replace(pretrain=local_copy(context.encoders[key]))
+    if train_config.num_threads is None:  # fit() applies num_threads with torch.set_num_threads
+        assigned = ray.get_runtime_context().get_assigned_resources()
+        train_config = train_config.replace(num_threads=threads_for(assigned))
+    execution = {
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "run_device": "cuda" if torch.cuda.is_available() and train_config.device != "cpu" else "cpu",
+        "run_threads": train_config.num_threads,
+    }
+    folder = join_uri(context.stage_uri, identity["trial_key"]) if context.stage_uri else None
+    with tempfile.TemporaryDirectory() as local:
+        resume = newest_checkpoint(tune.get_checkpoint(), folder, local)
+    if resume is not None and resume[0].get("kind") == FINAL:
+        return  # it ended before an earlier driver recorded so: its folder holds all of it, nothing to train
+    resume_state = resume[1] if resume is not None else None
+    checkpoint_extra = {"identity": identity, "settings": settings.to_dict(), "execution": execution}
+    last_val: dict = {}
+
+    def on_epoch_end(record: dict, snapshot) -> None:
+        metrics = trial_report(record, identity, execution, last_val)
+        if not (record["validated"] or snapshot.final):
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as directory:
+            save_checkpoint(directory, snapshot, checkpoint_extra)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+    fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state)
 
 
-def encoder_key(source: str, arch: str, stem: str) -> str:
-    return f"{source}|{arch}|{stem if arch != 'fcn_resnet50' else 'paper'}"
+def newest_checkpoint(recorded, trial_folder: str | None, local: str) -> tuple[dict, dict | None] | None:
+    """(trial.json, training state or None for a final checkpoint) to continue from, or None to start afresh.
+
+    The newest of Tune's recorded checkpoint and the checkpoints in the trial's folder on storage, copied
+    into the empty folder `local`. A checkpoint that cannot be read is skipped (named on stderr), so damage
+    costs epochs, never the run.
+    """
+    candidates = []
+    if trial_folder is not None:
+        import pyarrow.fs as pafs
+
+        filesystem, path = pafs.FileSystem.from_uri(trial_folder) if "://" in trial_folder else \
+            (pafs.LocalFileSystem(), trial_folder)
+        try:
+            infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+        except OSError:
+            infos = []
+        candidates = [(checkpoint_index(i.base_name), filesystem, i.path) for i in infos
+                      if i.type == pafs.FileType.Directory and checkpoint_index(i.base_name) is not None]
+    if recorded is not None:
+        index = checkpoint_index(recorded.path.rstrip("/").rsplit("/", 1)[-1])
+        candidates.append((index if index is not None else -1, recorded.filesystem, recorded.path))
+    for _, filesystem, path in sorted(candidates, key=lambda c: c[0], reverse=True):
+        try:
+            return _read_checkpoint(filesystem, path, local)
+        except (CheckpointError, OSError) as error:
+            print(f"segstudy: skipping checkpoint {path}: {error}", flush=True)
+            shutil.rmtree(local, ignore_errors=True)
+            os.makedirs(local, exist_ok=True)
+    return None
+
+
+def _read_checkpoint(filesystem, path: str, local: str) -> tuple[dict, dict | None]:
+    import pyarrow.fs as pafs
+
+    pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=pafs.LocalFileSystem())
+    content = parse_trial_json(Path(local, TRIAL_FILE).read_text(), f"{path}/{TRIAL_FILE}")
+    if content.get("kind") == FINAL:
+        return content, None
+    return content, load_training_state(local)
 
 
 def local_copy(path_or_uri: str) -> str:
-    """A local path for an encoder kept on shared disk or in an object store."""
+    """A local path for an encoder kept on shared disk or in an object store (copied once per worker)."""
     if "://" not in path_or_uri:
         return path_or_uri
+    if path_or_uri in _LOCAL_COPIES and os.path.exists(_LOCAL_COPIES[path_or_uri]):
+        return _LOCAL_COPIES[path_or_uri]
     import pyarrow.fs
 
     filesystem, path = pyarrow.fs.FileSystem.from_uri(path_or_uri)
-    target = Path(tempfile.mkdtemp(prefix="segstudy-encoder-")) / ENCODER_FILE
+    folder = tempfile.mkdtemp(prefix="segstudy-encoder-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    target = Path(folder) / path.rsplit("/", 1)[-1]
     with filesystem.open_input_stream(path) as source, open(target, "wb") as out:
         shutil.copyfileobj(source, out)
+    _LOCAL_COPIES[path_or_uri] = str(target)
     return str(target)
 
 
@@ -89,49 +142,4 @@ def threads_for(assigned: dict, cores: int | None = None) -> int:
     return max(1, min(int(assigned.get("CPU", 0) or 0), max(1, cores)))
 
 
-def train_trial(config: dict, context: StudyContext) -> None:
-    columns, train_config = resolve_trial(config, context)
-    if train_config.num_threads is None:  # fit() applies num_threads with torch.set_num_threads
-        assigned = ray.get_runtime_context().get_assigned_resources()
-        train_config = dataclasses.replace(train_config, num_threads=threads_for(assigned))
-    columns.setdefault("trial_key", f"search-{tune.get_context().get_trial_id()}")  # searcher trials
-    typed = {
-        **columns,
-        "arch": train_config.arch,
-        "freeze": train_config.freeze,
-        "seed": train_config.seed,
-        "segformer_stem": train_config.segformer_stem,
-        "dataset": train_config.dataset,
-        "epochs_planned": train_config.epochs,
-        "num_threads": train_config.num_threads,
-        "node_id": ray.get_runtime_context().get_node_id(),
-        "device": "cuda" if torch.cuda.is_available() and train_config.device != "cpu" else "cpu",
-    }
-    resume_state = None
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            resume_state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-
-    last_val: dict = {}
-
-    def on_epoch_end(record: dict, training_state) -> None:
-        metrics = {**record, **typed, "lr_initial": train_config.lr}
-        # Schedulers and searchers compare `val_miou` on every report: between validations
-        # they see the last validated value (NaN before the first); `validated` tells them apart.
-        if record["validated"]:
-            last_val.update({k: v for k, v in record.items() if k.startswith("val_")})
-        else:
-            metrics.update(last_val or {"val_miou": math.nan, "val_loss": math.nan})
-        final = record["epoch"] == train_config.epochs or record["diverged"]
-        if not (record["validated"] or final):
-            tune.report(metrics)
-            return
-        with tempfile.TemporaryDirectory() as directory:
-            state = training_state()
-            torch.save(state, Path(directory) / STATE_FILE)
-            if state["encoder_export"] is not None:
-                save_encoder_state(state["encoder_export"], Path(directory) / ENCODER_FILE, train_config)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-
-    fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state)
+__all__ = ["train_trial", "StudyContext", "threads_for"]

@@ -12,15 +12,13 @@ from pathlib import Path
 from trainables.data import cityscapes, pets
 from trainables.data.cache import SplitArrays, content_fingerprint, default_cache_dir, load_cached
 from trainables.data.check import check_dataset
+from trainables.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTES, class_names, palette
 from trainables.data.synth import synth_dataset
 from trainables.errors import ConfigError, DatasetError
 
 _MODULES = {"pets": pets, "cityscapes": cityscapes}
 
 SPLITS = {name: module.SPLITS for name, module in _MODULES.items()}  # (train split, validation split)
-NUM_CLASSES = {name: len(module.CLASS_NAMES) for name, module in _MODULES.items()}
-CLASS_NAMES = {name: module.CLASS_NAMES for name, module in _MODULES.items()}
-IGNORE_INDEX = 255
 
 
 def load_split(
@@ -80,6 +78,6 @@ def _module(dataset: str):
 
 
 __all__ = [
-    "SPLITS", "NUM_CLASSES", "CLASS_NAMES", "IGNORE_INDEX", "SplitArrays",
+    "SPLITS", "NUM_CLASSES", "CLASS_NAMES", "IGNORE_INDEX", "PALETTES", "class_names", "palette", "SplitArrays",
     "load_split", "dataset_fingerprint", "check_dataset", "synth_dataset",
 ]

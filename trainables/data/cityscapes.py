@@ -15,12 +15,12 @@ import numpy as np
 from cityscapesscripts.helpers.labels import labels as OFFICIAL_LABELS
 
 from trainables.data.cache import Sample, open_label, unexpected_values
+from trainables.data.classes import CLASS_NAMES as CLASSES
 from trainables.errors import DatasetError
 
 SPLITS = ("train", "val")
 IGNORE = 255
-CLASS_NAMES = tuple(label.name for label in sorted(
-    (label for label in OFFICIAL_LABELS if 0 <= label.trainId < IGNORE), key=lambda label: label.trainId))
+CLASS_NAMES = CLASSES["cityscapes"]
 
 KNOWN_IDS = tuple(label.id for label in OFFICIAL_LABELS if label.id >= 0)  # license plate (-1) never appears in files
 ID_TO_TRAIN_ID = np.full(256, IGNORE, dtype=np.uint8)

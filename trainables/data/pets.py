@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from trainables.data.cache import Sample, open_label, unexpected_values
+from trainables.data.classes import CLASS_NAMES as CLASSES
 from trainables.errors import DatasetError
 
 SPLITS = ("trainval", "test")
-CLASS_NAMES = ("pet", "background", "border")
+CLASS_NAMES = CLASSES["pets"]
 
 EXPECTED_LAYOUT = """\
 <root>/

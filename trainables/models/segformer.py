@@ -50,7 +50,7 @@ class SegformerConfig:
         return STEMS[self.stem]
 
     @classmethod
-    def mit(cls, variant: str, **changes) -> "SegformerConfig":
+    def mit(cls, variant: str, **changes) -> SegformerConfig:
         """The paper's MiT-B0..B5 encoder with its decoder width, e.g. `mit("b0", stem="small_input")`."""
         if variant not in MIT_VARIANTS:
             raise ValueError(f"unknown MiT variant {variant!r}; known: {sorted(MIT_VARIANTS)}")

@@ -1,8 +1,9 @@
 """Moving an encoder between models, and freezing it.
 
-An encoder file is `torch.save` of
-    {"arch": "segformer_b0" | "fcn_resnet50", "segformer_stem": "paper" | "small_input" | None,
-     "encoder": model.encoder.state_dict(), "meta": {...}}
+An encoder file made here is safetensors of `model.encoder.state_dict()` with the metadata
+arch, segformer_stem and settings (trainables/checkpoint.py). A user's file may also be a
+PyTorch state dict (`.pt`/`.pth`, e.g. torchvision's ResNet-50 weights), read with
+`weights_only=True`: nothing in a weights file ever runs code.
 Only the encoder travels: the decoder keeps its own initialisation, so an encoder trained
 with 19 classes fits a 3-class model.
 """
@@ -35,7 +36,7 @@ class EncoderDecoder(nn.Module):
         super().__init__()
         self.encoder_frozen = False
 
-    def train(self, mode: bool = True) -> "EncoderDecoder":
+    def train(self, mode: bool = True) -> EncoderDecoder:
         super().train(mode)
         # A frozen encoder keeps its normalisation statistics (BatchNorm running mean/var) and runs without
         # stochastic depth, whatever mode the training loop sets.
@@ -49,29 +50,24 @@ def export_encoder_state(model: EncoderDecoder) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu", copy=True) for key, value in model.encoder.state_dict().items()}
 
 
-def save_encoder(model: EncoderDecoder, path: str | os.PathLike, meta: dict) -> None:
-    _write_encoder_file(path, model.arch, model.segformer_stem, export_encoder_state(model), meta)
+def save_encoder(model: EncoderDecoder, path: str | os.PathLike, config) -> None:
+    """The model's encoder as an encoder file; `config` (a TrainConfig) names what it fits."""
+    from trainables.checkpoint import save_encoder as save
 
-
-def save_encoder_state(encoder_state: dict[str, torch.Tensor], path: str | os.PathLike, config) -> None:
-    """Write an encoder exported during training; `config` (a TrainConfig) names its arch and goes in as meta."""
-    stem = config.segformer_stem if config.arch.startswith("segformer") else None
-    _write_encoder_file(path, config.arch, stem, encoder_state, config.to_dict())
-
-
-def _write_encoder_file(path: str | os.PathLike, arch: str, segformer_stem: str | None,
-                        encoder_state: dict[str, torch.Tensor], meta: dict) -> None:
-    content = {"arch": arch, "segformer_stem": segformer_stem, "encoder": encoder_state, "meta": meta}
-    # write then rename, so a reader never sees half a file
-    temporary = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    torch.save(content, temporary)
-    os.replace(temporary, path)
+    save(path, export_encoder_state(model), config)
 
 
 def load_encoder_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The encoder state dict in an encoder file, or in a file holding a bare state dict."""
     if not os.path.isfile(path):
         raise WeightsError(f"pretrain: no weights file at {os.fspath(path)!r}")
+    if _is_safetensors(path):
+        from trainables.checkpoint import CheckpointError, load_weights
+
+        try:
+            return load_weights(path)
+        except CheckpointError as error:
+            raise WeightsError(f"pretrain: {error}") from None
     try:
         content = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for a bad or foreign file
@@ -86,14 +82,23 @@ def load_encoder_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def _is_safetensors(path: str | os.PathLike) -> bool:
+    """safetensors starts with an 8-byte header length and then a JSON object; a torch file is a zip or a pickle."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{"
+
+
 def load_encoder_state(model: EncoderDecoder, encoder_state: dict[str, torch.Tensor], source: str) -> None:
     """Copy `encoder_state` into `model.encoder`; every key and shape must match (`source` names it in errors)."""
     expected = model.encoder.state_dict()
     missing = sorted(set(expected) - set(encoder_state))
     unexpected = sorted(set(encoder_state) - set(expected))
     mismatched = [f"{key} {tuple(encoder_state[key].shape)} (model: {tuple(value.shape)})"
-                  for key, value in expected.items() if key in encoder_state and encoder_state[key].shape != value.shape]
-    problems = [f"{label} {len(keys)} key(s): {', '.join(keys[:_SHOWN_KEYS])}{', ...' if len(keys) > _SHOWN_KEYS else ''}"
+                  for key, value in expected.items()
+                  if key in encoder_state and encoder_state[key].shape != value.shape]
+    problems = [f"{label} {len(keys)} key(s): {', '.join(keys[:_SHOWN_KEYS])}"
+                f"{', ...' if len(keys) > _SHOWN_KEYS else ''}"
                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch in", mismatched))
                 if keys]
     if problems:
