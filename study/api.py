@@ -10,7 +10,6 @@ import os
 
 import pandas as pd
 
-from study.export import study_frames
 from study.results import load_results
 from study.storage import Storage, default_storage
 
@@ -23,4 +22,5 @@ def load_study(name: str, storage: str | os.PathLike | Storage | None = None) ->
     """
     if not isinstance(storage, Storage):
         storage = Storage(storage or default_storage())
-    return study_frames(load_results(storage, name))
+    results = load_results(storage, name)
+    return results.trials, results.epochs

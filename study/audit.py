@@ -1,19 +1,19 @@
 """Check a study against its own plan, not against the backend's state.
 
-The plan (`plan.json`, written before any trial starts) says which trials must run;
-the stage folders and the driver's trial states say which did. Ray's experiment
-state can be lost or truncated, and a resumed grid has been known to skip trials,
-so after every run and resume the study checks that each planned trial ran exactly
-once and says which did not.
+The plan says which trials must run; the study's record (results.py, from the trial
+folders) says which ran. Ray's experiment state can be lost or truncated, and a resumed
+grid has been known to skip trials, so after every run and resume the study checks that
+each planned trial ended exactly once and says which did not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from study.plan import PretrainJob
-from study.progress import ENDED_STATES
-from study.results import StudyResults
+import pandas as pd
+
+from study.plan import Plan
+from study.record import ENDED
 
 
 @dataclass(frozen=True)
@@ -24,14 +24,14 @@ class Audit:
     samples_planned: int | None = None
 
     @property
-    def incomplete(self) -> bool:
-        """Something planned has not ended: `study resume` runs it."""
+    def complete(self) -> bool:
+        """Everything planned has ended (`study resume` has nothing to run)."""
         short = self.samples_planned is not None and (self.samples_ended or 0) < self.samples_planned
-        return bool(self.missing or short)
+        return not (self.missing or short)
 
     @property
     def ok(self) -> bool:
-        return not (self.incomplete or self.duplicated)
+        return self.complete and not self.duplicated
 
     def problems(self) -> list[str]:
         lines = []
@@ -44,18 +44,16 @@ class Audit:
         return lines
 
 
-def audit_study(results: StudyResults) -> Audit:
-    trials = results.trials
-    ran = trials[trials["trial_id"].notna()] if not trials.empty else trials
-    ended_keys = set(ran.loc[ran["status"].isin(ENDED_STATES), "trial_key"]) if not ran.empty else set()
-    planned = [PretrainJob(**job).trial_key for job in results.plan.get("pretrain_jobs", [])]
-    planned += [trial["trial_key"] for trial in results.plan.get("trials", [])]
+def audit_study(plan: Plan, trials: pd.DataFrame) -> Audit:
+    ended_states = {state.value for state in ENDED}
+    ran = trials[trials["trial_id"].notna()]
+    ended = ran[ran["status"].isin(ended_states)]
+    ended_keys = set(ended["trial_key"])
+    planned = [job.trial_key for job in plan.pretrain_jobs] + [trial.trial_key for trial in plan.trials]
     missing = [key for key in planned if key not in ended_keys]
-    counts = ran.groupby("trial_key").size() if not ran.empty else {}
-    duplicated = {key: int(n) for key, n in dict(counts).items() if n > 1}
-    search = results.plan.get("search")
-    if search is None:
+    counts = ran.groupby("trial_key").size()
+    duplicated = {str(key): int(n) for key, n in counts.items() if n > 1}
+    if plan.search is None:
         return Audit(missing=missing, duplicated=duplicated)
-    main = ran[ran["stage"] == "main"] if not ran.empty else ran
-    ended = int(main["status"].isin(ENDED_STATES).sum()) if not main.empty else 0
-    return Audit(missing=missing, duplicated=duplicated, samples_ended=ended, samples_planned=search["num_samples"])
+    samples = int((ended["stage"] == "main").sum())
+    return Audit(missing=missing, duplicated=duplicated, samples_ended=samples, samples_planned=plan.search.num_samples)

@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="study", description="Hyperparameter studies for semantic segmentation on Ray Tune.")
+    parser = argparse.ArgumentParser(prog="study",
+                                     description="Hyperparameter studies for semantic segmentation on Ray Tune.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     commands = parser.add_subparsers(metavar="COMMAND")
 
@@ -52,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = with_storage(command("run", cmd_run, "run a study file on Ray Tune"))
     run.add_argument("spec", help="study file, e.g. search_spaces/smoke.yaml")
     run.add_argument("--name", help="study name (default: the file's `name`)")
-    run.add_argument("--address", help="Ray cluster to use: auto, ray://host:10001, ... (default: $RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument("--address", help="Ray cluster to use: auto, ray://host:10001, ... "
+                                        "(default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the study file, e.g. --set train.epochs=2 (repeatable)")
 
@@ -84,7 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--lr", type=float, default=1e-3)
     train.add_argument("--image-size", type=int, nargs="+", default=[64], metavar="N", help="N or H W")
-    train.add_argument("--pretrain", default="none", help="none | imagenet | path to an encoder or ResNet-50 state dict")
+    train.add_argument("--pretrain", default="none",
+                       help="none | imagenet | path to an encoder or ResNet-50 state dict")
     train.add_argument("--freeze", default="none", choices=["none", "encoder"])
     train.add_argument("--segformer-stem", default="paper", choices=["paper", "small_input"])
     train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"])
@@ -95,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--export-encoder", default="none", choices=["none", "last", "best"])
     train.add_argument("--device", default="auto")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", required=True, help="folder for metrics.jsonl, checkpoints and encoder.pt")
+    train.add_argument("--out", required=True, help="folder for config.json, metrics.jsonl and checkpoint/")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
     data = commands.add_parser("data", help="generate or check datasets").add_subparsers(metavar="ACTION")
@@ -142,7 +145,7 @@ def cmd_resume(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from study.status import status_summary, format_status
+    from study.status import format_status, status_summary
 
     summary = status_summary(_storage(args), args.name)
     print(json.dumps(summary, indent=1, default=str) if args.json else format_status(summary))
@@ -150,13 +153,14 @@ def cmd_status(args) -> int:
 
 
 def cmd_list(args) -> int:
+    from study.status import listed_state
+
     storage = _storage(args)
     names = storage.studies()
     if not names:
         print(f"no studies in {storage.root}", file=sys.stderr)
     for name in names:
-        state = storage.read_json(name, "study.json", default={}).get("state", "planned")
-        print(f"{name}\t{state}")
+        print(f"{name}\t{listed_state(storage, name)}")
     return 0
 
 
@@ -189,7 +193,8 @@ def cmd_train(args) -> int:
         max_val_samples=args.max_val_samples, export_encoder=args.export_encoder, device=args.device, seed=args.seed,
     )
     result = train_to_folder(config, args.out, resume=args.resume)
-    print(f"{result.status}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}; results in {args.out}")
+    print(f"{result.status}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}; "
+          f"results in {args.out}")
     return 0
 
 

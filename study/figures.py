@@ -6,7 +6,6 @@ nothing to draw yet (no finished trial, no checkpoint), which the report notes.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from study.report import class_names
+from trainables.data.classes import class_names
 
-CURVES = (("train_loss", "train loss"), ("val_loss", "val loss"), ("train_miou", "train mIoU"), ("val_miou", "val mIoU"))
+CURVES = (("train_loss", "train loss"), ("val_loss", "val loss"), ("train_miou", "train mIoU"),
+          ("val_miou", "val mIoU"))
 IOU_PREFIX = "val_iou_"
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 # tab20's strong colours first, then its light ones: neighbouring classes never share a hue.
@@ -41,11 +41,13 @@ def learning_curves(table, epochs: pd.DataFrame, path) -> Path:
         for index, (row, data) in enumerate(rows):
             if metric not in data:
                 continue
-            values = pd.DataFrame({"epoch": data["epoch"], metric: pd.to_numeric(data[metric], errors="coerce")}).dropna()
+            values = pd.DataFrame({"epoch": data["epoch"],
+                                   metric: pd.to_numeric(data[metric], errors="coerce")}).dropna()
             stats = values.groupby("epoch")[metric].agg(["mean", "min", "max"])
             color = f"C{index % 10}"
             # Validation happens every few epochs: markers show where its points are.
-            ax.plot(stats.index, stats["mean"], color=color, label=row.label, marker="o" if metric.startswith("val") else None,
+            ax.plot(stats.index, stats["mean"], color=color, label=row.label,
+                    marker="o" if metric.startswith("val") else None,
                     markersize=3)
             ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
         ax.set_title(label)
@@ -117,39 +119,32 @@ def search_scatter(trials: pd.DataFrame, path) -> Path:
 
 
 def best_checkpoint_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The main trial with the highest best val mIoU among those with a checkpoint."""
-    if trials.empty or "checkpoint" not in trials:
+    """The main trial with the highest best val mIoU among those with stored best weights."""
+    if trials.empty:
         return None
     scores = pd.to_numeric(trials["best_val_miou"], errors="coerce")
-    candidates = trials[(trials["stage"] == "main") & trials["checkpoint"].notna() & scores.notna()]
+    candidates = trials[(trials["stage"] == "main") & trials["weights_best"].notna() & scores.notna()]
     if candidates.empty:
         return None
     return candidates.loc[scores[candidates.index].idxmax()]
 
 
 def predicted_masks(trials: pd.DataFrame, path, count: int = 6) -> Path:
-    """Input, ground truth and prediction of the study's best model on the first validation images."""
+    """Input, ground truth and prediction of the study's best model (its best epoch's weights)."""
     best = best_checkpoint_trial(trials)
     if best is None:
-        raise FigureSkipped("no main-stage trial has a checkpoint")
-    state = read_checkpoint_state(best["checkpoint"])
+        raise FigureSkipped("no main-stage trial has stored weights yet")
 
     import torch
 
-    from trainables.config import TrainConfig
+    from study.models import load_trial_model
     from trainables.data import IGNORE_INDEX, SPLITS, load_split
     from trainables.data.device import DeviceSplit
-    from trainables.models import build_model
 
-    # The weights come from the checkpoint: nothing to load from pretraining or ImageNet.
-    config = TrainConfig.from_dict({**state["config"], "pretrain": "none", "freeze": "none"})
-    model = build_model(config)
-    model.load_state_dict(state["model"])
-    model.eval()
-    arrays = load_split(config.dataset, config.data_root, SPLITS[config.dataset][1], config.image_size, config.cache_dir,
-                        max_samples=count, progress=False)
-    # Copies: the cache is memory-mapped read-only, which torch warns about.
-    split = DeviceSplit(np.array(arrays.images), np.array(arrays.masks), torch.device("cpu"))
+    model, config = load_trial_model(best.to_dict(), "best")
+    arrays = load_split(config.dataset, config.data_root, SPLITS[config.dataset][1], config.image_size,
+                        config.cache_dir, max_samples=count, progress=False)
+    split = DeviceSplit(arrays.images, arrays.masks, torch.device("cpu"))
     with torch.no_grad():
         prediction = model(split.normalize(split.images)).argmax(1).numpy()
     images, masks = split.images.numpy(), split.masks.numpy()
@@ -170,25 +165,8 @@ def predicted_masks(trials: pd.DataFrame, path, count: int = 6) -> Path:
     legend = [Patch(color=colours[i], label=name) for i, name in enumerate(names)]
     legend.append(Patch(color="black", label=f"ignored ({IGNORE_INDEX})"))
     figure.legend(handles=legend, loc="outside lower center", ncol=min(len(legend), 5), fontsize="small")
-    figure.suptitle(f"{best['trial_key']}: weights at epoch {state.get('epoch', '?')}")
+    figure.suptitle(f"{best['trial_key']}: weights of its best epoch ({int(best['best_epoch'])})")
     return _save(figure, path)
-
-
-def read_checkpoint_state(checkpoint: str) -> dict:
-    """`state.pt` of a Ray checkpoint folder, given as a local path or a URI."""
-    import pyarrow.fs as pafs
-    import torch
-
-    from study.storage import open_uri
-    from trainables.tune_adapter import STATE_FILE
-
-    filesystem, folder = open_uri(checkpoint)
-    state_path = f"{folder.rstrip('/')}/{STATE_FILE}"
-    if filesystem.get_file_info(state_path).type == pafs.FileType.NotFound:
-        raise FigureSkipped(f"the best trial's checkpoint has no {STATE_FILE} at {checkpoint}")
-    with filesystem.open_input_file(state_path) as stream:
-        # Our own checkpoint: it holds RNG states and numpy arrays besides tensors.
-        return torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=False)
 
 
 def _row_epochs(epochs: pd.DataFrame, row) -> pd.DataFrame:

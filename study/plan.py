@@ -1,22 +1,40 @@
-"""Expand a validated StudySpec into stages: pretraining jobs, then main trials or a search.
+"""The plan: everything a study runs, decided once from the study file and written before any trial starts.
 
-The plan is written to the study folder before any trial starts; `resume`,
-`status` and the planned-vs-ran check read it back rather than trusting Ray's state.
-Everything here was validated by study/spec.py, so planning does not fail.
+The plan is the contract. `study run` validates the study file into a StudySpec, expands
+it into a Plan and writes `plan.json`; from then on the runner runs the plan (never the
+study file), `resume` continues the plan, and status, report and export read it. It holds
+the pretraining jobs (each keyed by a content hash, so an encoder is made once per
+storage), the main trials or the search, the execution settings (scheduler, resources,
+concurrency, failures, the searcher's arguments pinned explicitly), the declared tables,
+the package versions that planned it, and the study file as run with its sha256: a
+`spec.yaml` edited afterwards is detected and the plan's own copy is used.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import metadata as package_metadata
 
-from study.spec import StudySpec
+from study.errors import StudyError
+from study.spec import RowSpec, StudySpec, TableSpec
+from trainables.trial import variant_label
 
+PLAN_FILE = "plan.json"
+SPEC_FILE = "spec.yaml"
+PLAN_VERSION = 2
+VERSIONED_PACKAGES = ("segstudy", "torch", "torchvision", "ray", "optuna", "pandas", "pyarrow")
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
 EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
                   "fault_epoch")
+
+
+class PlanError(StudyError):
+    """plan.json is missing, damaged or from another version; the message says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -40,20 +58,66 @@ class PlannedTrial:
 @dataclass(frozen=True)
 class SearchPlan:
     variants: list  # every valid combination of the categorical dims, {setting: value}
-    float_dims: dict  # setting -> (loguniform | uniform, low, high)
+    float_dims: dict  # setting -> [loguniform | uniform, low, high]
     num_samples: int
-    seed: int  # the sampler's
-    storage: str | None  # Optuna storage URL; None: the runner's default
     base_config: dict  # TrainConfig fields every sample starts from (a variant and the floats go over it)
+
+    @property
+    def labels(self) -> dict[str, dict]:
+        """variant label (a search trial's config_name) -> its categorical settings."""
+        return {variant_label(v): v for v in self.variants}
+
+
+@dataclass(frozen=True)
+class SchedulerPlan:
+    type: str  # fifo | asha
+    metric: str
+    mode: str
+    grace_period: int
+    reduction_factor: int
+    max_t: int  # ASHA's last rung: the main trials' epochs
+
+
+@dataclass(frozen=True)
+class SearcherPlan:
+    type: str  # grid | optuna
+    seed: int  # Optuna's TPESampler seed
+    storage: str | None  # Optuna storage URL; None: sqlite in a local study folder, else in memory
+    multivariate: bool  # TPESampler arguments, pinned (Optuna 5 changed their defaults)
+    constant_liar: bool
+
+
+@dataclass(frozen=True)
+class Execution:
+    scheduler: SchedulerPlan
+    searcher: SearcherPlan
+    cpu: float  # per trial
+    gpu: float
+    max_concurrent: int | None
+    max_failures: int
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    root: str  # absolute
+    generate: dict | None  # {train, val, seed} of generated data, or None: real data only
 
 
 @dataclass(frozen=True)
 class Plan:
     study_name: str
+    datasets: dict  # name -> DatasetPlan
     pretrain_jobs: list  # PretrainJob
     trials: list  # PlannedTrial; empty for a search
     search: SearchPlan | None
     dropped: list  # "N dropped: why"
+    execution: Execution
+    tables: tuple  # TableSpec, as declared (empty: the report's default tables)
+    spec_yaml: str  # the study file as run
+    spec_sha256: str
+    versions: dict  # package -> version, of the driver that planned the study
+    created: float = 0.0
+    version: int = PLAN_VERSION
 
     def job_for(self, source: str, arch: str, segformer_stem: str) -> PretrainJob:
         stem = "paper" if arch == "fcn_resnet50" else segformer_stem
@@ -61,6 +125,55 @@ class Plan:
             if (job.source, job.config["arch"], job.config["segformer_stem"]) == (source, arch, stem):
                 return job
         raise KeyError(f"no pretraining job for source {source!r}, arch {arch}, segformer_stem {stem}")
+
+    def configs(self) -> list[dict]:
+        """The settings of every job and planned trial (a search: its base settings)."""
+        configs = [job.config for job in self.pretrain_jobs] + [trial.config for trial in self.trials]
+        return configs + ([self.search.base_config] if self.search else [])
+
+    def describe(self) -> str:
+        main = (f"{len(self.trials)} trials" if self.search is None
+                else f"an Optuna search of {self.search.num_samples} trials")
+        return f"{len(self.pretrain_jobs)} pretraining job(s), then {main}"
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> Plan:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            if data.get("version") != PLAN_VERSION:
+                raise PlanError(f"{where}: a plan of format {data.get('version', 1)!r}; this segstudy reads format "
+                                f"{PLAN_VERSION} (run the study with the segstudy version that planned it)")
+            search = data["search"]
+            execution = data["execution"]
+            return cls(
+                study_name=data["study_name"],
+                datasets={name: DatasetPlan(**d) for name, d in data["datasets"].items()},
+                pretrain_jobs=[PretrainJob(**job) for job in data["pretrain_jobs"]],
+                trials=[PlannedTrial(**trial) for trial in data["trials"]],
+                search=SearchPlan(**search) if search else None,
+                dropped=list(data["dropped"]),
+                execution=Execution(**{**execution, "scheduler": SchedulerPlan(**execution["scheduler"]),
+                                       "searcher": SearcherPlan(**execution["searcher"])}),
+                tables=tuple(TableSpec(**{**t, "columns": tuple(t["columns"]),
+                                          "rows": tuple(RowSpec(**r) for r in t["rows"])}) for t in data["tables"]),
+                spec_yaml=data["spec_yaml"], spec_sha256=data["spec_sha256"], versions=dict(data["versions"]),
+                created=float(data.get("created", 0.0)), version=data["version"],
+            )
+        except PlanError:
+            raise
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise PlanError(f"{where} is damaged ({type(error).__name__}: {str(error)[:200]})") from None
+
+
+def datasets_of(spec: StudySpec) -> dict[str, DatasetPlan]:
+    """The datasets the study's trials and pretraining jobs use."""
+    used = spec.used_datasets()
+    return {name: DatasetPlan(root=d.root, generate=d.generate) for name, d in spec.datasets.items() if name in used}
 
 
 def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_name: str | None = None) -> Plan:
@@ -75,11 +188,27 @@ def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_nam
         trials = [PlannedTrial(trial_key=f"{c.name}-s{seed}", config_name=c.name, config={**c.config, "seed": seed})
                   for c in spec.configurations for seed in spec.seeds]
     else:
-        search = SearchPlan(variants=[dict(v) for v in spec.variants], float_dims=dict(spec.float_dims),
-                            num_samples=spec.searcher.num_samples, seed=spec.searcher.seed,
-                            storage=spec.searcher.storage, base_config=spec.search_base_config())
-    return Plan(study_name=study_name or spec.name, pretrain_jobs=jobs, trials=trials, search=search,
-                dropped=list(spec.dropped))
+        search = SearchPlan(variants=[dict(v) for v in spec.variants],
+                            float_dims={k: list(v) for k, v in spec.float_dims.items()},
+                            num_samples=spec.searcher.num_samples, base_config=spec.search_base_config())
+    settings = spec.scheduler
+    execution = Execution(
+        scheduler=SchedulerPlan(type=settings.type, metric=settings.metric, mode=settings.mode,
+                                grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+                                max_t=int(spec.search_base_config()["epochs"])),
+        searcher=SearcherPlan(type=spec.searcher.type, seed=spec.searcher.seed, storage=spec.searcher.storage,
+                              multivariate=spec.searcher.multivariate, constant_liar=spec.searcher.constant_liar),
+        cpu=float(spec.resources.cpu), gpu=float(spec.resources.gpu), max_concurrent=spec.max_concurrent,
+        max_failures=spec.max_failures,
+    )
+    spec_yaml = spec.to_yaml()
+    return Plan(
+        study_name=study_name or spec.name,
+        datasets=datasets_of(spec),
+        pretrain_jobs=jobs, trials=trials, search=search, dropped=list(spec.dropped), execution=execution,
+        tables=spec.tables, spec_yaml=spec_yaml, spec_sha256=sha256(spec_yaml), versions=package_versions(),
+        created=time.time(),
+    )
 
 
 def pretrain_key(config: dict, fingerprint: Callable[[str, str], str]) -> str:
@@ -90,3 +219,17 @@ def pretrain_key(config: dict, fingerprint: Callable[[str, str], str]) -> str:
     shaping = {k: v for k, v in config.items() if k not in EXECUTION_ONLY and v is not None}
     data = fingerprint(config["dataset"], config["data_root"])
     return hashlib.sha256(json.dumps([shaping, data], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    versions = {}
+    for package in VERSIONED_PACKAGES:
+        try:
+            versions[package] = package_metadata.version(package)
+        except package_metadata.PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions

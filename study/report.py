@@ -15,7 +15,6 @@ baseline) by Welch's two-sided t-test over seeds.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 import statistics
 import sys
@@ -25,7 +24,9 @@ from pathlib import Path
 import pandas as pd
 
 from study.errors import StudyError
+from study.record import StudyState, matching_mask
 from study.results import StudyResults, load_results
+from study.spec import RowSpec, TableSpec
 from study.storage import Storage
 
 # Declared column -> the trial column holding its value (see results.py for how each is taken).
@@ -57,29 +58,12 @@ TABLE_NOTE = (
 
 
 # -- table declarations --------------------------------------------------------
-@dataclass(frozen=True)
-class RowSpec:
-    label: str
-    match: dict
-
-
-@dataclass(frozen=True)
-class TableSpec:
-    """The shape of a table declared in a study file; used for the default table."""
-
-    name: str
-    title: str
-    columns: tuple[str, ...]
-    rows: tuple[RowSpec, ...]
-
-
-def declared_tables(spec, results: StudyResults) -> list:
-    """The study file's tables, or one row per configuration when it declares none."""
-    tables = list(getattr(spec, "tables", None) or [])
-    if tables:
-        return tables
+def declared_tables(results: StudyResults) -> list[TableSpec]:
+    """The study file's tables (from the plan), or one row per configuration when it declares none."""
+    if results.plan.tables:
+        return list(results.plan.tables)
     main = main_trials(results)
-    if results.plan.get("search") and not main.empty:
+    if results.plan.search is not None and not main.empty:
         # A searcher samples each configuration with its own lr: trials are not seeds of one row.
         ranked = main.sort_values("best_val_miou", ascending=False, na_position="last")
         return [TableSpec(name="trials", title="All trials, best first", columns=tuple(METRIC_SOURCES),
@@ -186,40 +170,8 @@ def _exclusion_line(trial: pd.Series) -> str:
     elif status == "diverged" and _present(trial.get("diverged_epoch")):
         detail = f" at epoch {int(trial['diverged_epoch'])}"
     elif status in ("early_stopped", "running") and _present(trial.get("epochs_run")):
-        detail = f" after {int(trial['epochs_run'])} of {_int_text(trial.get('epochs_planned'))} epochs"
+        detail = f" after {int(trial['epochs_run'])} of {_int_text(trial.get('epochs'))} epochs"
     return f"{trial['trial_key']} ({status.replace('_', ' ')}{detail})"
-
-
-def matching_mask(trials: pd.DataFrame, match: dict) -> pd.Series:
-    """Trials whose every `match` key equals the expected value (numbers with a tolerance)."""
-    mask = pd.Series(True, index=trials.index)
-    for column, expected in match.items():
-        if column not in trials:
-            return pd.Series(False, index=trials.index)
-        mask &= trials[column].map(lambda actual: same_value(actual, expected)).astype(bool)
-    return mask
-
-
-def same_value(actual, expected) -> bool:
-    """1e-3 equals 0.001 and "1e-3" (YAML 1.1 reads that as a string); other values compare as text."""
-    if not _present(actual) or not _present(expected):
-        return not _present(actual) and not _present(expected)
-    actual_number, expected_number = _as_number(actual), _as_number(expected)
-    if actual_number is not None and expected_number is not None:
-        return math.isclose(actual_number, expected_number, rel_tol=1e-9, abs_tol=1e-12)
-    return str(actual) == str(expected)
-
-
-def _as_number(value) -> float | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    try:
-        number = float(str(value))
-    except ValueError:
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _finite_values(trials: pd.DataFrame, column: str) -> tuple[float, ...]:
@@ -437,30 +389,26 @@ def default_report_dir(storage: Storage, name: str) -> Path:
 
 def report_study(storage: Storage, name: str, out_dir=None, compare_name: str | None = None) -> tuple[Path, str]:
     """Write the report of study `name` (beside `compare_name`'s); (report.md path, terminal text)."""
-    from study.runner import load_stored_spec
-
     results = load_results(storage, name)
-    compare = None
-    if compare_name:
-        compare = (load_results(storage, compare_name), load_stored_spec(storage, compare_name))
-    tables, other = _all_tables(results, load_stored_spec(storage, name), compare)
-    path = _write_report(results, tables, Path(out_dir) if out_dir else default_report_dir(storage, name), other)
-    terminal_compare = (other[1], name, compare_name) if other else None
+    other = load_results(storage, compare_name) if compare_name else None
+    tables, compared = _all_tables(results, other)
+    path = _write_report(results, tables, Path(out_dir) if out_dir else default_report_dir(storage, name), compared)
+    terminal_compare = (compared[1], name, compare_name) if compared else None
     return path, format_terminal(tables, terminal_compare)
 
 
-def write_report(results: StudyResults, spec, out_dir, compare: tuple[StudyResults, object] | None = None) -> Path:
-    """report.md, one CSV per table and the figures in `out_dir`; `compare` = (other results, other spec)."""
-    tables, other = _all_tables(results, spec, compare)
-    return _write_report(results, tables, Path(out_dir), other)
+def write_report(results: StudyResults, out_dir, compare: StudyResults | None = None) -> Path:
+    """report.md, one CSV per table and the figures in `out_dir`, beside another study's values."""
+    tables, compared = _all_tables(results, compare)
+    return _write_report(results, tables, Path(out_dir), compared)
 
 
-def _all_tables(results: StudyResults, spec, compare) -> tuple[list[Table], tuple[StudyResults, list[Table]] | None]:
-    tables = build_tables(results, declared_tables(spec, results))
-    if not compare:
+def _all_tables(results: StudyResults, other_results: StudyResults | None
+                ) -> tuple[list[Table], tuple[StudyResults, list[Table]] | None]:
+    tables = build_tables(results, declared_tables(results))
+    if other_results is None:
         return tables, None
-    other_results, other_spec = compare
-    other_tables = build_tables(other_results, declared_tables(other_spec, other_results))
+    other_tables = build_tables(other_results, declared_tables(other_results))
     check_same_declarations(tables, other_tables, results.name, other_results.name)
     return tables, (other_results, other_tables)
 
@@ -500,12 +448,13 @@ def _write_report(results: StudyResults, tables: list[Table], out: Path,
                          figure_dir / f"{stem}-class-iou.png"), "",
                   "Learning curves: mean over the trials in the table's means, band from min to max over seeds. "
                   "Per-class IoU: last validated epoch, mean over seeds, error bar = sample std.", ""]
-    if results.plan.get("search"):
+    if results.plan.search is not None:
         lines += ["## Search: validation mIoU against learning rate", "",
                   figure("Search: best val mIoU vs lr", figures.search_scatter, results.trials,
                          figure_dir / "search-lr.png"), ""]
     lines += ["## Predicted masks", "",
-              figure("Predicted masks", figures.predicted_masks, results.trials, figure_dir / "predicted-masks.png"), "",
+              figure("Predicted masks", figures.predicted_masks, results.trials,
+                     figure_dir / "predicted-masks.png"), "",
               _best_model_caption(results.trials), ""]
     if problems:
         lines += ["## Notes", "", *[f"- figure {problem}" for problem in problems], ""]
@@ -516,7 +465,8 @@ def _write_report(results: StudyResults, tables: list[Table], out: Path,
 
 def _compare_section(table: Table, other_name: str, other_table: Table, name: str, csv_path: Path) -> list[str]:
     compare_frame(table, other_table).to_csv(csv_path, index=False)
-    return [f"### Compared with study {other_name}", "", markdown_table(*compare_grid(table, other_table, name, other_name)),
+    return [f"### Compared with study {other_name}", "",
+            markdown_table(*compare_grid(table, other_table, name, other_name)),
             "", f"Difference = {other_name} − {name}, of the means. Welch's t-test on the final val mIoU over each "
                 f"study's seeds.", *[f"- {other_name}: {note}" for note in other_table.notes], "",
             f"Data: [{csv_path.name}]({csv_path.name})", ""]
@@ -524,14 +474,18 @@ def _compare_section(table: Table, other_name: str, other_table: Table, name: st
 
 def _overview(results: StudyResults) -> str:
     trials = results.trials
-    parts = [f"Study state: **{results.state}**."]
+    parts = [f"Study state: **{results.state.value}**."]
     if not trials.empty:
         for stage, group in trials.groupby("stage", sort=False):
             counts = group["status"].value_counts()
             parts.append(f"{stage}: " + ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items()) + ".")
-    if results.state != "finished":
+    if results.state != StudyState.FINISHED:
         parts.append("The study is not finished: the tables cover the trials finished so far.")
-    return " ".join(parts)
+    text = " ".join(parts)
+    if results.notes:
+        text += "\n\nDamage found in the study's record, and what was done about it:\n\n" + \
+            "\n".join(f"- {note}" for note in results.notes)
+    return text
 
 
 def _best_model_caption(trials: pd.DataFrame) -> str:
@@ -541,15 +495,7 @@ def _best_model_caption(trials: pd.DataFrame) -> str:
     if best is None:
         return ""
     return (f"Best model of the study: trial `{best['trial_key']}` (best val mIoU {float(best['best_val_miou']):.4f} "
-            f"at epoch {_int_text(best['best_epoch'])}), weights of its last checkpoint, on the first validation images.")
-
-
-def class_names(dataset: str | None, count: int) -> list[str]:
-    """The dataset's class names; "class i" past their end (or for a dataset not known)."""
-    from trainables.data import CLASS_NAMES
-
-    known = CLASS_NAMES.get(dataset, ())
-    return [known[i] if i < len(known) else f"class {i}" for i in range(count)]
+            f"at epoch {_int_text(best['best_epoch'])}), weights of its best epoch, on the first validation images.")
 
 
 def _file_stem(name: str) -> str:

@@ -1,40 +1,68 @@
-"""`study status`: trials by state and the best so far, from the shared results loader."""
+"""`study status`: trials by state, the best so far, errors and damage, from the shared results loader."""
 
 from __future__ import annotations
 
 import math
 
-from study.results import STATUSES, load_results
+from study.record import Stage, TrialState
+from study.results import StudyResults, load_results
 from study.storage import Storage
 
 
 def status_summary(storage: Storage, name: str) -> dict:
-    results = load_results(storage, name)
+    return summarize(load_results(storage, name), storage.uri(name))
+
+
+def summarize(results: StudyResults, where: str) -> dict:
     trials = results.trials
-    summary = {"study": name, "state": results.state, "storage": storage.uri(name), "stages": {}, "best": None,
-               "errors": []}
-    if trials.empty:
-        return summary
-    for stage, group in trials.groupby("stage", sort=False):
+    summary = {"study": results.name, "state": results.state.value, "storage": where, "stages": {}, "best": None,
+               "errors": [], "notes": list(results.notes), "driver": results.driver}
+    for stage in (Stage.PRETRAIN.value, Stage.MAIN.value):
+        group = trials[trials["stage"] == stage]
+        if group.empty:
+            continue
         counts = group["status"].value_counts().to_dict()
-        summary["stages"][stage] = {status: int(counts.get(status, 0)) for status in STATUSES if counts.get(status)}
-    search = results.plan.get("search")
-    if search:
-        started = int((trials["stage"] == "main").sum())
-        summary["stages"].setdefault("main", {})["not_started"] = max(0, search["num_samples"] - started)
-    main = trials[(trials["stage"] == "main") & trials["best_val_miou"].notna()] if "best_val_miou" in trials else trials[:0]
+        summary["stages"][stage] = {state.value: int(counts[state.value]) for state in TrialState
+                                    if counts.get(state.value)}
+    if results.plan.search is not None:
+        started = int(((trials["stage"] == "main") & trials["trial_id"].notna()).sum())
+        summary["stages"].setdefault("main", {})["not_started"] = max(0, results.plan.search.num_samples - started)
+    main = trials[(trials["stage"] == "main") & trials["best_val_miou"].notna()]
     if not main.empty:
         best = main.loc[main["best_val_miou"].astype(float).idxmax()]
         summary["best"] = {"trial_key": best["trial_key"], "best_val_miou": float(best["best_val_miou"]),
                            "best_epoch": int(best["best_epoch"]), "status": best["status"]}
-    if "error" in trials:
-        for _, row in trials[trials["error"].notna()].iterrows():
-            summary["errors"].append({"trial_key": row["trial_key"], "error": row["error"]})
+    for row in trials[trials["status"] == TrialState.ERRORED.value].to_dict("records"):
+        summary["errors"].append({"trial_key": row["trial_key"], "error": row["error"] or "unknown error"})
     return summary
 
 
+def listed_state(storage: Storage, name: str) -> str:
+    """A study's state for `study list`, quickly: the lock and study.json (not the whole record)."""
+    from study.folder import read_study_file
+    from study.lock import driver_alive
+    from study.record import StudyState
+
+    if driver_alive(storage, name) is not None:
+        return StudyState.RUNNING.value
+    content, notes = read_study_file(storage, name)
+    state = content.get("state")
+    if state == StudyState.RUNNING.value:
+        return f"{StudyState.INTERRUPTED.value} (driver process gone)"
+    if state is None:
+        return "unknown (study.json missing or damaged; `study status` derives it)" if notes or \
+            storage.exists(name, "plan.json") else "damaged (no plan.json)"
+    return state
+
+
 def format_status(summary: dict) -> str:
-    lines = [f"study {summary['study']}: {summary['state']}", f"  storage: {summary['storage']}"]
+    state = summary["state"]
+    if summary.get("driver") and summary["driver"].get("pid"):
+        driver = summary["driver"]
+        state += f" (driver process {driver['pid']} on {driver['host']})"
+    elif state == "interrupted":
+        state += " (no driver is running it: `study resume` continues it)"
+    lines = [f"study {summary['study']}: {state}", f"  storage: {summary['storage']}"]
     for stage, counts in summary["stages"].items():
         text = ", ".join(f"{count} {status.replace('_', ' ')}" for status, count in counts.items()) or "no trials"
         lines.append(f"  {stage}: {text}")
@@ -44,4 +72,6 @@ def format_status(summary: dict) -> str:
                      f"at epoch {best['best_epoch']} ({best['status']})")
     for error in summary["errors"]:
         lines.append(f"  errored {error['trial_key']}: {error['error']}")
+    for note in summary["notes"]:
+        lines.append(f"  note: {note}")
     return "\n".join(lines)

@@ -1,11 +1,11 @@
 """Where studies live: a local folder or an object-store URI, through pyarrow's filesystems.
 
-Layout under the storage root:
-    <name>/spec.yaml            the study file as run (with --set overrides applied)
-    <name>/plan.json            the planned trials, written before any trial starts
-    <name>/study.json           state of the study (running, interrupted, finished) and its history
-    <name>/pretrain/, <name>/main/   Ray Tune experiment folders, one per stage
-    <name>/<stage>_trials.json  each trial's state as the driver saw it
+Layout under the storage root (the README's "Where things are" says which files are caches):
+    <name>/plan.json            the plan: everything the study runs, written before any trial starts
+    <name>/spec.yaml            the study file as run (a copy; the plan holds it too, with its sha256)
+    <name>/study.json           the study's state as its last driver left it, and the history of drivers
+    <name>/pretrain/, <name>/main/   Ray Tune experiment folders, one per stage; a trial folder per trial
+    <name>/events.jsonl         what the drivers saw of each trial (a cache: rebuilt from the folders)
     <name>/optuna.db            the Optuna study of a searcher study (SQLite, local storage)
     <name>/driver.lock          flocked by the driver running the study (`lock` on an object store)
     _artifacts/encoders/<key>/  encoders made by pretraining jobs, shared by every study in the storage
@@ -26,8 +26,11 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from study.errors import StudyError
+from study.names import check_name, is_name
 
 ARTIFACTS = "_artifacts"
+# A folder is a study when it holds one of these (a damaged study still shows up).
+STUDY_MARKERS = ("plan.json", "spec.yaml", "study.json")
 
 
 def default_storage() -> str:
@@ -49,6 +52,16 @@ def open_uri(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path_or_uri)
 
 
+def read_text_at(path_or_uri: str) -> str:
+    """A file's text by its path or URI (a checkpoint's trial.json, say); a StudyError naming it otherwise."""
+    filesystem, path = open_uri(path_or_uri)
+    try:
+        with filesystem.open_input_stream(path) as stream:
+            return stream.read().decode()
+    except (OSError, UnicodeDecodeError) as error:
+        raise StudyError(f"{path_or_uri}: cannot be read ({_one_line(error)})") from None
+
+
 class Storage:
     def __init__(self, root: str | os.PathLike):
         root = str(root)
@@ -61,11 +74,16 @@ class Storage:
                 raise StudyError(f"--storage {root!r}: cannot reach the storage ({_one_line(error)}); "
                                  f"check the endpoint and the credentials") from None
             except Exception as error:  # pyarrow raises several types for a bad URI
-                raise StudyError(f"--storage {root!r}: not a storage URI pyarrow can open ({_one_line(error)})") from None
+                raise StudyError(f"--storage {root!r}: not a storage URI pyarrow can open "
+                                 f"({_one_line(error)})") from None
             self.base = self.base.rstrip("/")
         else:
-            self.fs, self.base = pafs.LocalFileSystem(), str(Path(root).absolute())
+            if not root.strip():
+                raise StudyError("--storage: expected a folder or a URI, got an empty string")
+            self.fs, self.base = pafs.LocalFileSystem(), str(Path(root).expanduser().absolute())
             self.root = self.base
+            if Path(self.base).exists() and not Path(self.base).is_dir():
+                raise StudyError(f"--storage {root!r}: {self.base} is a file, not a folder of studies")
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         if self.fs.type_name in ("s3", "gcs"):
             self._check_bucket()
@@ -93,13 +111,28 @@ class Storage:
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
 
     def read_text(self, *parts: str) -> str:
-        with self.fs.open_input_stream(self.path(*parts)) as stream:
-            return stream.read().decode()
+        """The file's text; a StudyError naming it when it cannot be read or is not UTF-8."""
+        try:
+            with self.fs.open_input_stream(self.path(*parts)) as stream:
+                data = stream.read()
+        except FileNotFoundError:
+            raise StudyError(f"{self.uri(*parts)}: no such file") from None
+        except OSError as error:
+            raise StudyError(f"{self.uri(*parts)}: cannot be read ({_one_line(error)})") from None
+        try:
+            return data.decode()
+        except UnicodeDecodeError as error:
+            raise StudyError(f"{self.uri(*parts)}: not UTF-8 text (byte {error.start})") from None
 
     def read_json(self, *parts: str, default=None):
+        """The file's JSON; `default` when it is missing; a StudyError naming it when it is damaged."""
         if not self.exists(*parts):
             return default
-        return json.loads(self.read_text(*parts))
+        text = self.read_text(*parts)
+        try:
+            return json.loads(text)
+        except ValueError as error:
+            raise StudyError(f"{self.uri(*parts)}: damaged JSON ({error})") from None
 
     def write_text(self, text: str, *parts: str) -> None:
         """Atomic on local disk (temp file + rename); an object-store put is atomic already."""
@@ -116,6 +149,14 @@ class Storage:
             os.fsync(handle.fileno())
         os.replace(temporary, target)
 
+    def append_text(self, text: str, *parts: str) -> None:
+        """Local storage only: append and flush (the line survives a killed process)."""
+        target = self.path(*parts)
+        os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
+        with open(target, "a") as handle:
+            handle.write(text)
+            handle.flush()
+
     def write_json(self, value, *parts: str) -> None:
         self.write_text(json.dumps(value, indent=1, sort_keys=True, default=str), *parts)
 
@@ -127,17 +168,37 @@ class Storage:
         if self.is_local:
             os.replace(temporary, target)
 
+    def copy_in(self, source_uri: str, *parts: str) -> None:
+        """Copy a file given by path or URI into the storage (written then renamed on local disk)."""
+        filesystem, path = open_uri(source_uri)
+        target = self.path(*parts)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        temporary = f"{target}.{uuid.uuid4().hex}.tmp" if self.is_local else target
+        pafs.copy_files(path, temporary, source_filesystem=filesystem, destination_filesystem=self.fs)
+        if self.is_local:
+            os.replace(temporary, target)
+
     def list_dirs(self, *parts: str) -> list[str]:
         if not self.exists(*parts):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
         return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
 
+    def list_files(self, *parts: str) -> list[str]:
+        if not self.exists(*parts):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
+        return sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
+
     def studies(self) -> list[str]:
-        return [name for name in self.list_dirs() if name != ARTIFACTS and self.exists(name, "plan.json")]
+        return [name for name in self.list_dirs() if is_name(name) and self.is_study(name)]
+
+    def is_study(self, name: str) -> bool:
+        return any(self.exists(name, marker) for marker in STUDY_MARKERS)
 
     def require_study(self, name: str) -> None:
-        if not self.exists(name, "plan.json"):
+        check_name(name, "study name")
+        if not self.is_study(name):
             known = self.studies()
             listing = ", ".join(known) if known else "none"
             close = difflib.get_close_matches(name, known, n=1)

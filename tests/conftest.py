@@ -5,8 +5,11 @@ import time
 
 import pytest
 
+from tests.study_helpers import SESSION_MARK
+
 # Keep torch from oversubscribing the 2-core CI machine when Ray runs trials beside pytest.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ[SESSION_MARK[0]] = SESSION_MARK[1]  # inherited by everything the tests start
 
 
 @pytest.fixture(scope="session")

@@ -16,9 +16,15 @@ SPECS = REPO / "search_spaces"
 TEST_SPECS = Path(__file__).resolve().parent / "specs"
 
 
+# Every process a test starts carries this mark (Ray's processes inherit it from their driver), so the
+# suite's check for Ray processes left behind counts its own only, whatever else runs on the machine.
+SESSION_MARK = ("SEGSTUDY_TEST_SESSION", str(os.getpid()))
+
+
 def study_env(storage: Path) -> dict:
     env = dict(os.environ)
     env.update(SEGSTUDY_STORAGE=str(storage), PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    env[SESSION_MARK[0]] = SESSION_MARK[1]
     env.pop("RAY_ADDRESS", None)
     return env
 
@@ -67,11 +73,22 @@ def crash_driver_when(driver: subprocess.Popen, condition, log: Path, what: str,
         wait_for(condition, timeout=300, interval=interval, what=what)
     except AssertionError:
         kill_group(driver)
-        raise AssertionError(f"{what} never came:\n" + log.read_text()[-5000:])
+        raise AssertionError(f"{what} never came:\n" + log.read_text()[-5000:]) from None
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(2)
     kill_group(driver)
+
+
+def driver_views(study_folder: Path, stage: str = "main") -> list:
+    """What the driver has logged of each trial of a stage so far (study/events.py), read while it runs."""
+    from study.events import EVENTS_FILE, replay
+
+    try:
+        views = replay((Path(study_folder) / EVENTS_FILE).read_text())[0].values()
+    except OSError:
+        return []
+    return [view for view in views if view.stage == stage]
 
 
 def _stat_fields(pid: str) -> list[str] | None:
@@ -93,11 +110,14 @@ def session_processes(session_id: int) -> list[str]:
 
 
 def ray_processes() -> set[str]:
-    """'pid command' of the Ray processes on this machine (raylet, gcs_server, workers...)."""
+    """'pid command' of the Ray processes that this test session started (raylet, gcs_server, workers...)."""
     found = set()
+    mark = f"{SESSION_MARK[0]}={SESSION_MARK[1]}".encode()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if mark not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                continue
         except OSError:
             continue
         fields = _stat_fields(pid)

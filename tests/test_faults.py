@@ -11,8 +11,17 @@ import pytest
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import (SPECS, TEST_SPECS, crash_driver_when, kill_group, run_study_cli, start_study_cli,
-                                 wait_for)
+from trainables.trial import variant_label
+from tests.study_helpers import (
+    SPECS,
+    TEST_SPECS,
+    crash_driver_when,
+    driver_views,
+    kill_group,
+    run_study_cli,
+    start_study_cli,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -65,9 +74,6 @@ def test_resume_runs_planned_trials_that_the_backend_lost(tmp_path, finished_tin
     shutil.copytree(finished_tiny_study, storage)
     lost = "segformer_scratch-s0"
     shutil.rmtree(storage / "t" / "main" / lost)
-    states_file = storage / "t" / "main_trials.json"
-    states = json.loads(states_file.read_text())
-    states_file.write_text(json.dumps({k: v for k, v in states.items() if v["trial_key"] != lost}))
     kept = (storage / "t" / "main" / "segformer_frozen-s0" / "result.json").read_text()
 
     status = json.loads(run_study_cli(["status", "t", "--json"], tmp_path, storage).stdout)
@@ -78,18 +84,11 @@ def test_resume_runs_planned_trials_that_the_backend_lost(tmp_path, finished_tin
     assert "study t finished" in resumed.stderr
     results = load_results(Storage(storage), "t")
     main = results.trials[results.trials["stage"] == "main"]
-    assert sorted(main["trial_key"]) == sorted(t["trial_key"] for t in results.plan["trials"])
+    assert sorted(main["trial_key"]) == sorted(t.trial_key for t in results.plan.trials)
     assert set(main["status"]) == {"finished"}
     assert (storage / "t" / "main" / "segformer_frozen-s0" / "result.json").read_text() == kept
     again = run_study_cli(["resume", "t"], tmp_path, storage)
     assert "already finished" in again.stderr
-
-
-def _states(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
@@ -102,29 +101,32 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     args = ["run", str(SPECS / "smoke_search.yaml"), "--name", "o"]
     log = tmp_path / "driver.log"
     driver = start_study_cli(args, tmp_path, first_home, log)
-    crash_driver_when(driver, lambda: any(s["state"] == "running" and s.get("last_epoch")
-                                          for s in _states(first_home / "o" / "pretrain_trials.json").values()),
+    crash_driver_when(driver, lambda: any(v.state.value == "running" and v.last_epoch
+                                          for v in driver_views(first_home / "o", "pretrain")),
                       log, "a pretraining trial one epoch in")
     assert not (first_home / "_artifacts").exists()  # no encoder saved yet
     shutil.move(first_home, storage)  # the storage moves, as to another disk or machine
 
     driver = start_study_cli(["resume", "o"], tmp_path, storage, log)
-    main_states = storage / "o" / "main_trials.json"
-
     def some_ended_and_one_midway():
-        states = _states(main_states).values()
-        ended = [s for s in states if s["state"] in ("finished", "early_stopped")]
-        return len(ended) >= 2 and any(s["state"] == "running" and s.get("last_epoch") for s in states)
+        views = driver_views(storage / "o")
+        ended = [v for v in views if v.state.value in ("finished", "early_stopped")]
+        return len(ended) >= 2 and any(v.state.value == "running" and v.last_epoch for v in views)
 
     crash_driver_when(driver, some_ended_and_one_midway, log, "two ended searcher trials and one midway")
     assert "saved encoder" in log.read_text()
-    ended_before = {s["dir"]: (storage / "o" / "main" / s["dir"] / "result.json").read_text()
-                    for s in _states(main_states).values() if s["state"] in ("finished", "early_stopped")}
+    ended_before = {v.dir: (storage / "o" / "main" / v.dir / "result.json").read_text()
+                    for v in driver_views(storage / "o") if v.state.value in ("finished", "early_stopped")}
 
     resumed = run_study_cli(["resume", "o"], tmp_path, storage)
     assert "[pretrain] reusing encoder" in resumed.stderr and "study o finished" in resumed.stderr
     results = load_results(Storage(storage), "o")
     main = results.trials[results.trials["stage"] == "main"]
+    # A trial the killed driver started but Tune's state never named is abandoned (errored, saying so);
+    # the searcher sampled another in its place: six samples ended as planned.
+    abandoned = main[main["status"] == "errored"]
+    assert all(str(e).startswith("abandoned: its driver was killed") for e in abandoned["error"])
+    main = main[main["status"] != "errored"]
     assert len(main) == 6 and set(main["status"]) <= {"finished", "early_stopped"}
     assert main["trial_id"].is_unique
     for directory, text in ended_before.items():
@@ -137,6 +139,12 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     assert sorted(t.user_attrs.get("tune_trial_id") or "" for t in optuna_trials) == sorted(main["trial_id"]) \
         or "agrees with Tune" in resumed.stderr
     assert sorted(t.value for t in optuna_trials) == pytest.approx(sorted(main["final_val_miou"]))
+    # each sampled setting is a typed column: the variant's categorical settings and the sampled lr
+    labels = {variant_label(v): v for v in results.plan.search.variants}
+    for row in main.to_dict("records"):
+        assert all(row[k] == v for k, v in labels[row["config_name"]].items()), row["config_name"]
+        assert 1e-4 <= row["lr"] <= 3e-3 and row["epochs"] == 4 and row["image_height"] == 32
+    assert sorted(t.params["lr"] for t in optuna_trials) == pytest.approx(sorted(main["lr"]))
 
     run_study_cli(["report", "o"], tmp_path, storage)
     assert (storage / "o" / "report" / "report.md").exists()
@@ -180,9 +188,8 @@ def test_resume_mends_a_recorded_checkpoint_that_tune_had_already_replaced(tmp_p
     log = tmp_path / "driver.log"
     driver = start_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "m", "--set", "train.epochs=12"],
                              tmp_path, storage, log)
-    states_file = storage / "m" / "main_trials.json"
-    crash_driver_when(driver, lambda: any(s["state"] == "running" and 7 <= (s.get("last_epoch") or 0) <= 8
-                                          for s in _states(states_file).values()),
+    crash_driver_when(driver, lambda: any(v.state.value == "running" and 7 <= (v.last_epoch or 0) <= 8
+                                          for v in driver_views(storage / "m")),
                       log, "the trial two epochs past its first checkpoint")
     trial = storage / "m" / "main" / "segformer_scratch-s0"
     newest = sorted(trial.glob("checkpoint_*"))[-1]

@@ -1,17 +1,14 @@
 """`study report`: tables over seeds, Welch's test, partial studies, figures and compare mode.
 
-The studies here are folders written in the layout the results loader reads (plan.json,
-study.json, spec.yaml, <stage>/<trial dir>/result.json, <stage>_trials.json),
+The studies here are folders written by tests/fake_study.py in the service's own layout,
 so the report is tested through the real loader on real files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import statistics
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -22,105 +19,23 @@ from study import figures, report
 from study.errors import StudyError
 from study.results import load_results
 from study.storage import Storage
+from tests.fake_study import epoch_records, fake_trial, write_fake_study
+from tests.fake_study import table as declared_table
 
-SPEC_YAML = "name: fake\ntables: []  # the study file as run\n"
-VAL_INTERVAL = 2
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-# -- a study folder on disk -------------------------------------------------------
-def fake_trial(config_name: str, seed: int, val_mious: list[float], *, arch: str = "fcn_resnet50",
-               pretrain: str = "none", freeze: str = "none", lr: float = 1e-3, status: str = "finished",
-               error: str | None = None, checkpoint: str | None = None, epochs_planned: int | None = None,
-               diverge: bool = False, dataset: str = "pets") -> dict:
-    """One main trial; `val_mious` are its val mIoU at epochs 2, 4, ... (no epochs: not started)."""
-    return dict(config_name=config_name, seed=seed, val_mious=val_mious, arch=arch, pretrain=pretrain, freeze=freeze,
-                lr=lr, status=status, error=error, checkpoint=checkpoint, diverge=diverge, dataset=dataset,
-                epochs_planned=epochs_planned or VAL_INTERVAL * max(len(val_mious), 1),
-                trial_key=f"{config_name}-s{seed}")
+FCN_TABLE = declared_table("fcn", [("FCN from scratch", {"config_name": "fcn_scratch"}),
+                                    ("FCN (pretrained)", {"arch": "fcn_resnet50", "pretrain": "imagenet"})],
+                   title="FCN on Oxford-IIIT Pet")
 
 
-def epoch_records(trial: dict) -> list[dict]:
-    """What the trial reports each epoch, as the Ray adapter does (last val values repeated between validations)."""
-    records, last_val, best, best_epoch = [], {}, math.nan, 0
-    seed, epochs = trial["seed"], VAL_INTERVAL * len(trial["val_mious"])
-    for epoch in range(1, epochs + 1):
-        validated = epoch % VAL_INTERVAL == 0
-        record = {"epoch": epoch, "lr": trial["lr"] * 0.98 ** (epoch - 1), "train_loss": 1.0 / epoch + 0.01 * seed,
-                  "train_miou": 0.5 + 0.01 * epoch + 0.02 * seed, "train_miou_present": 0.6, "images_per_second": 100.0,
-                  "epoch_seconds": 2.0, "validated": validated, "diverged": False}
-        if trial["diverge"] and epoch == epochs:
-            record.update(train_loss=math.nan, diverged=True, validated=False)
-            validated = False
-        if validated:
-            miou = trial["val_mious"][epoch // VAL_INTERVAL - 1]
-            ious = [miou + 0.1, miou - 0.1, miou]
-            last_val = {"val_loss": 1.0 - miou + 0.001 * seed, "val_miou": miou, "val_miou_present": miou,
-                        "val_pixel_accuracy": 0.9, **{f"val_iou_{i}": v for i, v in enumerate(ious)}}
-            if not best_epoch or miou > best:
-                best, best_epoch = miou, epoch
-        record.update(last_val or {"val_miou": math.nan, "val_loss": math.nan})
-        record.update(best_val_miou=best, best_epoch=best_epoch)
-        records.append(record)
-    return records
-
-
-def write_fake_study(root: Path, name: str, trials: list[dict], *, state: str = "finished",
-                     search: dict | None = None) -> Storage:
-    folder = root / name
-    (folder / "main").mkdir(parents=True)
-    plan = {"pretrain_jobs": [], "search": search, "trials": [
-        {"trial_key": t["trial_key"], "config_name": t["config_name"],
-         "config": {"arch": t["arch"], "pretrain": t["pretrain"], "freeze": t["freeze"], "lr": t["lr"], "seed": t["seed"],
-                    "segformer_stem": "paper", "dataset": t["dataset"], "epochs": t["epochs_planned"],
-                    "batch_size": 64, "optimizer": "adamw", "scheduler": "exponential"}} for t in trials]}
-    (folder / "plan.json").write_text(json.dumps(plan))
-    (folder / "study.json").write_text(json.dumps({"state": state}))
-    (folder / "spec.yaml").write_text(SPEC_YAML)
-    states = {}
-    for index, trial in enumerate(trials):
-        if not trial["val_mious"]:
-            continue  # planned, not started
-        trial_id = f"t{index:03d}"
-        described = {"trial_id": trial_id, "trial_key": trial["trial_key"], "config_name": trial["config_name"],
-                     "arch": trial["arch"], "freeze": trial["freeze"], "seed": trial["seed"], "segformer_stem": "paper",
-                     "dataset": trial["dataset"], "epochs_planned": trial["epochs_planned"],
-                     "pretrain_source": trial["pretrain"], "lr_initial": trial["lr"], "node_ip": "10.0.0.1",
-                     "hostname": "node1", "device": "cpu"}
-        lines = [json.dumps({**record, **described, "time_total_s": 2.0 * record["epoch"],
-                             "training_iteration": record["epoch"], "config": {"trial": {}}})
-                 for record in epoch_records(trial)]
-        trial_dir = folder / "main" / f"{trial['trial_key']}_{trial_id}"
-        trial_dir.mkdir()
-        (trial_dir / "result.json").write_text("\n".join(lines) + "\n")
-        states[trial_id] = {"state": trial["status"], "error": trial["error"], "checkpoint": trial["checkpoint"],
-                            "attempts": 1, "trial_key": trial["trial_key"]}
-    (folder / "main_trials.json").write_text(json.dumps(states))
-    return Storage(root)
-
-
-def table_declaration(name: str, rows: list[tuple[str, dict]], columns=("train_loss", "train_miou", "val_loss", "val_miou"),
-                      title: str | None = None):
-    """The shape study/spec.py gives a declared table."""
-    return SimpleNamespace(name=name, title=title or name, columns=tuple(columns),
-                           rows=tuple(SimpleNamespace(label=label, match=match) for label, match in rows))
-
-
-def fcn_study(root: Path, name: str = "fcn", shift: float = 0.0) -> tuple[Storage, list[dict]]:
+def fcn_study(root: Path, name: str = "fcn", shift: float = 0.0, tables=(FCN_TABLE,)) -> tuple[Storage, list[dict]]:
     trials = [fake_trial("fcn_scratch", seed, [0.40 + shift + 0.01 * seed, 0.45 + shift + 0.02 * seed])
               for seed in range(3)]
     trials += [fake_trial("fcn_pretrained", seed, [0.70 + shift - 0.02 * seed, 0.65 + shift + 0.02 * seed],
                           pretrain="imagenet") for seed in range(3)]
-    return write_fake_study(root, name, trials), trials
-
-
-FCN_TABLE = table_declaration("fcn", [("FCN from scratch", {"config_name": "fcn_scratch"}),
-                                      ("FCN (pretrained)", {"arch": "fcn_resnet50", "pretrain": "imagenet"})],
-                              title="FCN on Oxford-IIIT Pet")
-
-
-def spec_with(*tables):
-    return SimpleNamespace(tables=list(tables))
+    return write_fake_study(root, name, trials, tables=tables), trials
 
 
 # -- tables ---------------------------------------------------------------------------
@@ -150,7 +65,7 @@ def test_table_cells_are_mean_std_and_count_of_the_epoch_data(tmp_path):
 
 def test_markdown_labels_final_and_best_and_names_the_test(tmp_path):
     storage, _ = fcn_study(tmp_path)
-    path = report.write_report(load_results(storage, "fcn"), spec_with(FCN_TABLE), tmp_path / "out")
+    path = report.write_report(load_results(storage, "fcn"), tmp_path / "out")
     text = path.read_text()
     assert "val mIoU (final epoch)" in text and "best val mIoU (epoch)" in text
     assert "Welch" in text and "baseline" in text
@@ -162,7 +77,8 @@ def test_markdown_labels_final_and_best_and_names_the_test(tmp_path):
     assert set(csv["metric"]) == set(report.METRIC_SOURCES)
     line = csv[(csv["row"] == "FCN from scratch") & (csv["metric"] == "val_miou")].iloc[0]
     assert (line["mean"], line["n"]) == (pytest.approx(scratch), 3)
-    assert csv[(csv["row"] == "FCN (pretrained)") & (csv["metric"] == "val_miou")].iloc[0]["p_value_vs_first_row"] < 0.05
+    pretrained = csv[(csv["row"] == "FCN (pretrained)") & (csv["metric"] == "val_miou")].iloc[0]
+    assert pretrained["p_value_vs_first_row"] < 0.05
 
 
 def test_difference_within_seed_spread_is_not_significant_and_one_seed_is_not_testable(tmp_path):
@@ -170,8 +86,8 @@ def test_difference_within_seed_spread_is_not_significant_and_one_seed_is_not_te
     trials += [fake_trial("b", seed, [0.51 + 0.05 * seed]) for seed in range(3)]
     trials += [fake_trial("c", 0, [0.90])]
     storage = write_fake_study(tmp_path, "spread", trials)
-    declaration = table_declaration("t", [("A", {"config_name": "a"}), ("B", {"config_name": "b"}),
-                                          ("C", {"config_name": "c"})])
+    declaration = declared_table("t", [("A", {"config_name": "a"}), ("B", {"config_name": "b"}),
+                                       ("C", {"config_name": "c"})])
     table, = report.build_tables(load_results(storage, "spread"), [declaration])
     headers, cells = report.table_grid(table)
     verdicts = [line[-1] for line in cells]
@@ -185,7 +101,7 @@ def test_numbers_match_with_tolerance(tmp_path):
     trials = [fake_trial("x", 0, [0.5], lr=0.001), fake_trial("y", 0, [0.6], lr=5e-4)]
     storage = write_fake_study(tmp_path, "lr", trials)
     results = load_results(storage, "lr")
-    declaration = table_declaration("lr", [("1e-3 as text", {"lr": "1e-3"}), ("1e-3", {"lr": 1e-3}),
+    declaration = declared_table("lr", [("1e-3 as text", {"lr": "1e-3"}), ("1e-3", {"lr": 1e-3}),
                                            ("0.0005", {"lr": 0.0005, "arch": "fcn_resnet50"}),
                                            ("nothing", {"lr": 0.01}), ("no such column", {"colour": "red"})])
     table, = report.build_tables(results, [declaration])
@@ -196,13 +112,13 @@ def test_numbers_match_with_tolerance(tmp_path):
 
 def test_partial_study_counts_and_lists_trials_left_out(tmp_path):
     trials = [fake_trial("a", 0, [0.5, 0.6]), fake_trial("a", 1, [0.55, 0.62]),
-              fake_trial("a", 2, [0.3], status="errored", error="RuntimeError: CUDA out of memory"),
+              fake_trial("a", 2, [0.3], status="errored", error="RuntimeError: CUDA out of memory", epochs_planned=4),
               fake_trial("a", 3, [0.4, 0.5], status="diverged", diverge=True),
               fake_trial("b", 0, [0.5], status="running", epochs_planned=4), fake_trial("b", 1, [])]
-    storage = write_fake_study(tmp_path, "partial", trials, state="running")
+    declaration = declared_table("t", [("A", {"config_name": "a"}), ("B", {"config_name": "b"})])
+    storage = write_fake_study(tmp_path, "partial", trials, state="running", tables=(declaration,))
     results = load_results(storage, "partial")
-    declaration = table_declaration("t", [("A", {"config_name": "a"}), ("B", {"config_name": "b"})])
-    path = report.write_report(results, spec_with(declaration), tmp_path / "out")
+    path = report.write_report(results, tmp_path / "out")
     table, = report.build_tables(results, [declaration])
     a, b = table.rows
     assert (a.finished, a.total, b.finished, b.total) == (2, 4, 0, 2)
@@ -217,9 +133,9 @@ def test_partial_study_counts_and_lists_trials_left_out(tmp_path):
 
 
 def test_default_table_when_the_study_declares_none(tmp_path):
-    storage, _ = fcn_study(tmp_path)
+    storage, _ = fcn_study(tmp_path, tables=())
     results = load_results(storage, "fcn")
-    tables = report.build_tables(results, report.declared_tables(SimpleNamespace(tables=[]), results))
+    tables = report.build_tables(results, report.declared_tables(results))
     assert [row.label for row in tables[0].rows] == ["fcn_pretrained", "fcn_scratch"]
     assert all(row.total == 3 for row in tables[0].rows)
 
@@ -261,26 +177,28 @@ def is_png(path: Path) -> bool:
 
 def test_figures_are_written_and_linked(tmp_path):
     storage, _ = fcn_study(tmp_path)
-    path = report.write_report(load_results(storage, "fcn"), spec_with(FCN_TABLE), tmp_path / "out")
+    path = report.write_report(load_results(storage, "fcn"), tmp_path / "out")
     text = path.read_text()
     for name in ("fcn-curves.png", "fcn-class-iou.png"):
         assert is_png(tmp_path / "out" / "figures" / name)
         assert f"](figures/{name})" in text
-    assert "Predicted masks: not drawn: no main-stage trial has a checkpoint" in text
+    assert "Predicted masks: not drawn: no main-stage trial has stored weights yet" in text
 
 
 def test_search_study_gets_the_lr_figure(tmp_path):
     trials = [fake_trial(f"v{i}", 0, [0.3 + 0.1 * i], lr=lr, arch=arch, pretrain=pretrain)
-              for i, (lr, arch, pretrain) in enumerate([(1e-4, "fcn_resnet50", "imagenet"), (1e-3, "segformer_b0", "none"),
+              for i, (lr, arch, pretrain) in enumerate([(1e-4, "fcn_resnet50", "imagenet"),
+                                                        (1e-3, "segformer_b0", "none"),
                                                         (3e-3, "segformer_b0", "cityscapes")])]
     storage = write_fake_study(tmp_path, "search", trials, search={"num_samples": 3})
-    path = report.write_report(load_results(storage, "search"), spec_with(), tmp_path / "out")
+    path = report.write_report(load_results(storage, "search"), tmp_path / "out")
     assert is_png(tmp_path / "out" / "figures" / "search-lr.png")
     text = path.read_text()
     assert "](figures/search-lr.png)" in text
     # each sample has its own lr, so the default table has a row per trial (best first), not means over them
-    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| v")]
-    assert rows == ["v2, lr 0.003", "v1, lr 0.001", "v0, lr 0.0001"]
+    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| arch=")]
+    assert rows == ["arch=segformer_b0/pretrain=cityscapes, lr 0.003", "arch=segformer_b0/pretrain=none, lr 0.001",
+                    "arch=fcn_resnet50/pretrain=imagenet, lr 0.0001"]
 
 
 def test_a_failing_figure_is_noted_and_the_rest_is_kept(tmp_path, monkeypatch, capsys):
@@ -289,28 +207,23 @@ def test_a_failing_figure_is_noted_and_the_rest_is_kept(tmp_path, monkeypatch, c
 
     monkeypatch.setattr(figures, "learning_curves", broken)
     storage, _ = fcn_study(tmp_path)
-    text = report.write_report(load_results(storage, "fcn"), spec_with(FCN_TABLE), tmp_path / "out").read_text()
+    text = report.write_report(load_results(storage, "fcn"), tmp_path / "out").read_text()
     assert "## Notes" in text and "ValueError: no ink" in text
     assert is_png(tmp_path / "out" / "figures" / "fcn-class-iou.png")
     assert "no ink" in capsys.readouterr().err
 
 
 def test_predicted_masks_of_the_best_checkpoint(tmp_path, pets_root):
-    import torch
-
     from trainables.config import TrainConfig
     from trainables.models import build_model
 
-    config = TrainConfig(arch="segformer_b0", dataset="pets", data_root=str(pets_root), image_size=(32, 32),
-                         cache_dir=str(tmp_path / "cache"), segformer_stem="small_input", epochs=2)
-    checkpoint = tmp_path / "checkpoint_000001"
-    checkpoint.mkdir()
-    torch.save({"config": config.to_dict(), "model": build_model(config).state_dict(), "epoch": 2},
-               checkpoint / "state.pt")
-    trials = [fake_trial("good", 0, [0.8], arch="segformer_b0", checkpoint=str(checkpoint)),
-              fake_trial("worse", 0, [0.5], arch="segformer_b0", checkpoint=str(tmp_path / "missing"))]
+    weights = build_model(TrainConfig(arch="segformer_b0", dataset="pets")).state_dict()
+    trials = [fake_trial("good", 0, [0.8], arch="segformer_b0", weights=weights),
+              fake_trial("worse", 0, [0.5], arch="segformer_b0")]
+    for trial in trials:
+        trial["settings"].update(data_root=str(pets_root), cache_dir=str(tmp_path / "cache"), image_size=[32, 32])
     storage = write_fake_study(tmp_path, "masks", trials)
-    text = report.write_report(load_results(storage, "masks"), spec_with(), tmp_path / "out").read_text()
+    text = report.write_report(load_results(storage, "masks"), tmp_path / "out").read_text()
     assert is_png(tmp_path / "out" / "figures" / "predicted-masks.png")
     assert "trial `good-s0`" in text and "](figures/predicted-masks.png)" in text
 
@@ -320,7 +233,7 @@ def test_compare_two_studies_row_by_row(tmp_path):
     storage, _ = fcn_study(tmp_path, "planned")
     fcn_study(tmp_path, "as_run", shift=0.05)
     results_a, results_b = load_results(storage, "planned"), load_results(storage, "as_run")
-    path = report.write_report(results_a, spec_with(FCN_TABLE), tmp_path / "out", compare=(results_b, spec_with(FCN_TABLE)))
+    path = report.write_report(results_a, tmp_path / "out", compare=results_b)
     text = path.read_text()
     assert "Compared with study as_run" in text and "difference (as_run − planned)" in text
     assert "+0.0500" in text
@@ -329,6 +242,7 @@ def test_compare_two_studies_row_by_row(tmp_path):
     assert line["difference"] == pytest.approx(0.05)
     assert (line["a_n"], line["b_n"]) == (3, 3)
 
-    other = table_declaration("fcn", [("FCN from scratch", {"config_name": "fcn_scratch"})])
+    other = declared_table("fcn", [("FCN from scratch", {"config_name": "fcn_scratch"})])
+    fcn_study(tmp_path, "other", tables=(other,))
     with pytest.raises(StudyError, match="different tables"):
-        report.write_report(results_a, spec_with(FCN_TABLE), tmp_path / "out2", compare=(results_b, spec_with(other)))
+        report.write_report(results_a, tmp_path / "out2", compare=load_results(storage, "other"))

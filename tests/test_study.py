@@ -17,15 +17,27 @@ import torch
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import (SPECS, TEST_SPECS, crash_driver_when, free_port, kill_group, run_study_cli,
-                                 session_processes, start_study_cli, study_env, wait_for)
+from tests.study_helpers import (
+    SPECS,
+    TEST_SPECS,
+    crash_driver_when,
+    driver_views,
+    free_port,
+    kill_group,
+    run_study_cli,
+    session_processes,
+    start_study_cli,
+    study_env,
+    wait_for,
+)
+from trainables.checkpoint import ENCODER_FILE, load_weights
 
 pytestmark = pytest.mark.slow
 
 
-def encoder_of(checkpoint_dir: str) -> dict:
-    state = torch.load(Path(checkpoint_dir) / "state.pt", map_location="cpu", weights_only=False)
-    return {k[len("encoder."):]: v for k, v in state["model"].items() if k.startswith("encoder.")}
+def encoder_of(weights_file: str) -> dict:
+    weights = load_weights(weights_file)
+    return {k[len("encoder."):]: v for k, v in weights.items() if k.startswith("encoder.")}
 
 
 def artifact_encoder(uri: str) -> dict:
@@ -43,26 +55,22 @@ def test_smoke_study_end_to_end(tmp_path):
     plan = results.plan
     main = results.trials[results.trials["stage"] == "main"]
     pretrain = results.trials[results.trials["stage"] == "pretrain"]
-    assert results.state == "finished"
-    assert sorted(main["trial_key"]) == sorted(t["trial_key"] for t in plan["trials"])
+    assert results.state == "finished" and results.notes == ()
+    assert sorted(main["trial_key"]) == sorted(t.trial_key for t in plan.trials)
     assert set(main["status"]) == {"finished"}
-    assert (main["epochs_run"] == main["epochs_planned"]).all()
-    # the pretraining stage ran once, and every dependent trial loaded its encoder
+    assert (main["epochs_run"] == main["epochs"]).all()
+    # the pretraining stage ran once
     assert len(pretrain) == 1 and pretrain.iloc[0]["status"] == "finished" and not pretrain.iloc[0]["reused"]
-    epochs = results.epochs
-    dependent = epochs[(epochs["stage"] == "main") & (epochs["pretrain_source"] == "cityscapes")]
-    assert dependent["trial_id"].nunique() == len(main[main["pretrain"] == "cityscapes"]) > 0
-    job = plan["pretrain_jobs"][0]
-    artifact = Storage(storage).uri("_artifacts", "encoders", job["key"], "encoder.pt")
-    assert set(dependent["encoder_source"]) == {artifact}
+    job = plan.pretrain_jobs[0]
+    artifact = Storage(storage).uri("_artifacts", "encoders", job.key, ENCODER_FILE)
     # one torch thread per trial: each was given one CPU (resources.cpu), so packed trials do not fight
-    assert set(epochs["num_threads"]) == {1}
+    assert set(results.trials.loc[results.trials["trial_id"].notna(), "run_threads"]) == {1}
     # a frozen encoder ends bit-identical to the pretrained one it was loaded from
     pretrained = artifact_encoder(artifact)
     frozen = main[(main["pretrain"] == "cityscapes") & (main["freeze"] == "encoder")]
     assert len(frozen) > 0
-    for checkpoint in frozen["checkpoint"]:
-        trained = encoder_of(checkpoint)
+    for weights in frozen["weights_final"]:
+        trained = encoder_of(weights)
         assert trained.keys() == pretrained.keys()
         assert all(torch.equal(trained[k], pretrained[k]) for k in pretrained)
 
@@ -94,34 +102,26 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     # FCN trials are slow enough on CPU to be caught between checkpoints.
     args = ["run", str(TEST_SPECS / "resume.yaml"), "--name", "r"]
     driver = start_study_cli(args, tmp_path, storage, tmp_path / "driver.log")
-    trials_file = storage / "r" / "main_trials.json"
 
     def one_finished_and_one_checkpointed():
-        if not trials_file.exists():
-            return False
-        try:
-            states = json.loads(trials_file.read_text())
-        except ValueError:
-            return False
-        finished = [s for s in states.values() if s["state"] == "finished"]
+        views = driver_views(storage / "r")
+        finished = [v for v in views if v.state.value == "finished"]
         # One epoch past a checkpoint (every 2 epochs): Ray's experiment state has recorded it by then.
-        midway = [s for s in states.values() if s["state"] == "running" and (s.get("last_epoch") or 0) in (3, 5)]
+        midway = [v for v in views if v.state.value == "running" and (v.last_epoch or 0) in (3, 5)]
         return finished and midway
 
     crash_driver_when(driver, one_finished_and_one_checkpointed, tmp_path / "driver.log",
                       "a finished and a half-done trial")
 
     experiment = storage / "r" / "main"
-    finished_before = {
-        s["dir"]: (experiment / s["dir"] / "result.json").read_text()
-        for s in json.loads(trials_file.read_text()).values() if s["state"] == "finished"
-    }
+    finished_before = {v.dir: (experiment / v.dir / "result.json").read_text()
+                       for v in driver_views(storage / "r") if v.state.value == "finished"}
     resumed = run_study_cli(["resume", "r"], tmp_path, storage)
     assert "study r finished" in resumed.stderr
 
     results = load_results(Storage(storage), "r")
     main = results.trials[results.trials["stage"] == "main"]
-    assert sorted(main["trial_key"]) == sorted(t["trial_key"] for t in results.plan["trials"])
+    assert sorted(main["trial_key"]) == sorted(t.trial_key for t in results.plan.trials)
     assert set(main["status"]) == {"finished"}
     for directory, text in finished_before.items():  # finished trials were not re-run
         assert (experiment / directory / "result.json").read_text() == text
@@ -138,14 +138,9 @@ def test_ctrl_c_stops_the_run_and_prints_how_to_resume(tmp_path):
     storage = tmp_path / "studies"
     driver = start_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "i"], tmp_path, storage,
                              tmp_path / "driver.log")
-    trials_file = storage / "i" / "main_trials.json"
 
     def a_trial_midway():  # past its first checkpoint (epoch 5 of 40)
-        try:
-            states = json.loads(trials_file.read_text())
-        except (OSError, ValueError):
-            return False
-        return any(s["state"] == "running" and 6 <= (s.get("last_epoch") or 0) < 30 for s in states.values())
+        return any(v.state.value == "running" and 6 <= (v.last_epoch or 0) < 30 for v in driver_views(storage / "i"))
 
     try:
         wait_for(a_trial_midway, timeout=300, interval=0.1, what="a half-done trial")
@@ -183,7 +178,8 @@ def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
     try:
         head = subprocess.Popen([str(ray), "start", "--head", f"--port={port}", "--num-cpus=1", "--block",
                                  "--include-dashboard=false", f"--temp-dir={temp}"], env=env,
-                                stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+                                stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT,
+                                start_new_session=True)
         nodes.append(head)
         address = f"127.0.0.1:{port}"
         wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), 120, what="the head node")
@@ -203,4 +199,6 @@ def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
     results = load_results(Storage(tmp_path / "studies"), "c")
     assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 2
-    assert results.epochs["node_id"].nunique() == 2
+    nodes = {json.loads(line)["node_id"] for path in results.trials["path"]
+             for line in (Path(path) / "result.json").read_text().splitlines()}
+    assert len(nodes) == 2

@@ -32,15 +32,27 @@ class StudyOptunaSearch(OptunaSearch):
     """OptunaSearch that ignores results of trial ids it never suggested.
 
     A trial restarted on resume can come back under an id the restored searcher does
-    not know; stock OptunaSearch raises KeyError then, on every later restore too.
+    not know; stock OptunaSearch raises KeyError then, on every later restore too. The ids
+    it suggested are kept in `suggested`, which OptunaSearch's own save/restore carries
+    (it saves the searcher's attributes).
     """
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.suggested: set[str] = set()
+
+    def suggest(self, trial_id: str):
+        config = super().suggest(trial_id)
+        if config is not None:
+            self.suggested.add(trial_id)
+        return config
+
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if trial_id in self._ot_trials:
+        if trial_id in self.suggested:
             super().on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if trial_id in self._ot_trials:
+        if trial_id in self.suggested:
             super().on_trial_complete(trial_id, result, error)
 
 

@@ -1,0 +1,178 @@
+"""Study files: the schema, its constants and the typed sections a file is validated into."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import yaml
+
+from study.names import NAME  # noqa: F401 (re-exported: the name rule of study files)
+from study.record import MATCHABLE
+from trainables.config import CHOICES, FIELDS, TrainConfig  # noqa: F401 (CHOICES: re-exported)
+
+TOP_KEYS = ("name", "description", "datasets", "train", "configurations", "space", "exclude", "seeds", "searcher",
+            "scheduler", "resources", "max_concurrent", "max_failures", "pretraining", "tables")
+DATASET_KEYS = ("root", "env", "generate")
+GENERATE_DEFAULTS = {"train": 32, "val": 16, "seed": 0}
+SEARCHER_KEYS = ("type", "num_samples", "seed", "storage", "multivariate", "constant_liar")
+SCHEDULER_KEYS = ("type", "metric", "mode", "grace_period", "reduction_factor")
+SCHEDULER_METRICS = ("val_miou", "val_loss", "train_miou", "train_loss")
+RESOURCE_KEYS = ("cpu", "gpu")
+TABLE_KEYS = ("name", "title", "columns", "rows")
+ROW_KEYS = ("label", "match")
+TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou", "best_val_miou")
+DEFAULT_TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou")
+# The trial columns of study/results.py that a table row may match on.
+# The trial columns (study/record.py) that a table row may match on.
+MATCH_COLUMNS = tuple(MATCHABLE)
+STAGES = ("main", "pretrain")
+BUILTIN_PRETRAIN = ("none", "imagenet")
+DIMENSION_KINDS = ("grid", "choice", "loguniform", "uniform")
+
+# Upper bounds of sizes: beyond them a study cannot be meant (a typo, a hostile file). The planned
+# trial count of a grid beyond MAX_TRIALS needs `study run --allow-large`.
+MAX_SEEDS = 1000
+MAX_SAMPLES = 100_000
+MAX_TRIALS = 2000
+MAX_GENERATED = 100_000
+MAX_CPU_PER_TRIAL = 1024
+MAX_GPU_PER_TRIAL = 64
+MAX_CONCURRENT = 100_000
+MAX_FAILURES = 1000
+
+FIELD_TYPES = {name: str(field.type) for name, field in FIELDS.items()}
+DEFAULTS = TrainConfig().to_dict()
+# TrainConfig fields a study file does not set, and why: shown instead of "unknown key".
+NOT_SETTINGS = {"data_root": "comes from datasets.<name>.root", "cache_dir": "is <data root>/.segstudy-cache"}
+NOT_PER_TRIAL = {**NOT_SETTINGS, "seed": "comes from `seeds`"}
+NOT_SEARCHED = {**NOT_PER_TRIAL, "dataset": "is not searched: set it in `train` or per configuration"}
+SETTINGS = tuple(name for name in FIELD_TYPES if name not in NOT_SETTINGS)
+TRIAL_SETTINGS = tuple(name for name in SETTINGS if name not in NOT_PER_TRIAL)
+SEARCHED_SETTINGS = tuple(name for name in SETTINGS if name not in NOT_SEARCHED)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    root: str  # absolute, after the environment and --set overrides
+    env: str  # the variable that overrides root
+    generate: dict | None  # {train, val, seed} of generated data, or None: real data only
+
+
+@dataclass(frozen=True)
+class Dimension:
+    name: str
+    kind: str  # fixed | grid | choice | loguniform | uniform
+    values: tuple = ()  # fixed, grid, choice
+    low: float = 0.0  # loguniform, uniform
+    high: float = 0.0
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind in ("fixed", "grid", "choice")
+
+
+@dataclass(frozen=True)
+class Configuration:
+    name: str
+    config: dict  # TrainConfig.to_dict(): data_root resolved; `pretrain` is the source name; seed set by the plan
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    source: str
+    config: dict  # TrainConfig.to_dict() of one job: data_root resolved, arch/stem of its dependents
+
+
+@dataclass(frozen=True)
+class SearcherSpec:
+    type: str = "grid"
+    num_samples: int = 10
+    seed: int = 0
+    storage: str | None = None
+    # Optuna's TPESampler: Optuna 5's defaults, pinned so a study reproduces across Optuna versions
+    multivariate: bool = True
+    constant_liar: bool = True
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    type: str = "fifo"
+    metric: str = "val_miou"
+    mode: str = "max"
+    grace_period: int = 1
+    reduction_factor: int = 2
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    cpu: float = 1.0
+    gpu: float = 0.0
+
+
+@dataclass(frozen=True)
+class RowSpec:
+    label: str
+    match: dict
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    title: str
+    columns: tuple[str, ...]
+    rows: tuple[RowSpec, ...]
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    description: str
+    datasets: dict  # name -> DatasetSpec
+    train_settings: dict  # the `train` section, typed (a sparse set of TrainConfig fields)
+    configurations: tuple  # Configuration, grid studies: explicit then cross product
+    variants: tuple  # optuna studies: every valid combination of the categorical dims, {setting: value}
+    float_dims: dict  # optuna studies: setting -> (loguniform | uniform, low, high)
+    dropped: tuple  # "N dropped: why", for the cross product / the variants
+    seeds: tuple
+    searcher: SearcherSpec
+    scheduler: SchedulerSpec
+    resources: ResourcesSpec
+    max_concurrent: int | None
+    max_failures: int
+    pretraining: tuple  # PretrainSpec, one per (source, arch, segformer_stem) the main trials need
+    tables: tuple  # TableSpec
+    raw: dict  # the file's mapping with the overrides applied
+    overrides: tuple  # the --set strings applied
+    source_path: str
+
+    def to_yaml(self) -> str:
+        """The spec as run: the file with its overrides and the dataset roots it resolved (absolute)."""
+        raw = copy.deepcopy(self.raw)
+        for name, dataset in self.datasets.items():
+            raw["datasets"][name]["root"] = dataset.root  # a resumed study finds the same data from any folder
+        header = [f"# study file as run: {self.source_path}"] + [f"# --set {o}" for o in self.overrides]
+        return "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False)
+
+    def dataset_root(self, name: str) -> str:
+        return self.datasets[name].root
+
+    def generated(self, name: str) -> dict | None:
+        return self.datasets[name].generate
+
+    def search_base_config(self) -> dict:
+        """Optuna: the settings every sample starts from; a variant and the sampled numbers go over it.
+
+        Not a TrainConfig on its own (train may rely on a variant, e.g. freeze needs pretrain);
+        every variant over it was validated at both ends of each sampled range.
+        """
+        root = self.dataset_root(self.train_settings.get("dataset", DEFAULTS["dataset"]))
+        return copy.deepcopy({**DEFAULTS, **self.train_settings, "data_root": root, "seed": self.seeds[0]})
+
+    def used_datasets(self) -> list[str]:
+        used = {c.config["dataset"] for c in self.configurations} | {p.config["dataset"] for p in self.pretraining}
+        if self.searcher.type == "optuna":
+            used.add(self.train_settings.get("dataset", DEFAULTS["dataset"]))
+        return sorted(used)
+

@@ -1,0 +1,282 @@
+"""One Ray Tune experiment per stage: Ray start-up, the Tuner (built or restored), schedulers, the searcher.
+
+`run_stage` runs the trials of one stage of a plan (a grid of planned trials, or an Optuna
+search) in the stage's folder, restoring the experiment that an earlier driver started
+there, and returns Tune's results and whether the user interrupted it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+
+from study.events import EventLog
+from study.plan import Plan, SearchPlan
+from study.storage import Storage
+from study.tune.callback import StudyProgress, attach
+from trainables.trial import StudyContext, trial_dirname
+
+# Tune's loggers we do not use (CSV, TensorBoard) stay off: result.json is the record.
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+# Our progress lines replace Tune's tables; Tune's snapshot warning is about the forced
+# state snapshot at each checkpoint, which is what makes resume exact.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def init_ray(address: str | None) -> bool:
+    """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        say(f"connecting to the Ray cluster at {address}")
+        ray.init(address=address, log_to_driver=False)
+        return False
+    # address="local": never join a stale cluster that `ray start` recorded on this machine.
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+    return True
+
+
+def shutdown_ray() -> None:
+    import ray
+
+    ray.shutdown()
+
+
+def trial_resources(plan: Plan) -> dict:
+    import ray
+
+    cpu, gpu = plan.execution.cpu, plan.execution.gpu
+    if gpu and not ray.cluster_resources().get("GPU"):
+        say(f"the study asks for {gpu} GPU per trial but the cluster has none: running trials on CPU")
+        gpu = 0.0
+    return {"cpu": cpu, "gpu": gpu}
+
+
+def default_concurrency(resources: dict) -> int:
+    """As many trials as the cluster's CPUs (and GPUs) hold; Tune runs searcher trials one by one otherwise."""
+    import ray
+
+    available = ray.cluster_resources()
+    limits = [available.get("CPU", 1) // resources["cpu"]]
+    if resources["gpu"]:
+        limits.append(available.get("GPU", 0) // resources["gpu"])
+    return max(1, int(min(limits)))
+
+
+def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list | None, resources: dict,
+              encoders: dict, events: EventLog, fresh: bool = False, repair: bool = True):
+    """One Tune experiment, restored from its folder when an earlier driver started it (unless `fresh`).
+
+    `trials`: the grid's trial configs ({TrainConfig fields, trial_key, config_name, stage}); None for
+    the plan's search. Returns (Tune's results, whether the user interrupted it).
+    """
+    from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
+
+    from trainables.tune_adapter import train_trial
+
+    search = plan.search if trials is None else None
+    context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
+                           variants=search.labels if search else {}, encoders=encoders)
+    trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
+    attach(stage, events)
+    experiment, filesystem = tune_location(storage, name, stage)
+    if not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        say(f"[{stage}] restoring the experiment at {storage.uri(name, stage)}")
+        tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=filesystem)
+        grid, interrupted = fit_watched(tuner)
+        if repair and not interrupted and restore_lost_checkpoints(grid, storage, stage):
+            return run_stage(plan, storage, name, stage, trials, resources, encoders, events, repair=False)
+        return grid, interrupted
+
+    execution = plan.execution
+    tune_config = dict(
+        max_concurrent_trials=execution.max_concurrent or default_concurrency(resources),
+        reuse_actors=True,
+        scheduler=make_scheduler(plan, stage),
+        trial_dirname_creator=_trial_dirname,
+        trial_name_creator=_trial_dirname,
+    )
+    if search is None:
+        param_space = {"trial": tune.grid_search(trials)}
+    else:
+        param_space = {}
+        tune_config.update(search_alg=make_optuna_search(plan, search, storage, name), num_samples=search.num_samples)
+    storage_path, filesystem = tune_location(storage, name)
+    run_config = tune.RunConfig(
+        name=stage,
+        storage_path=storage_path,
+        storage_filesystem=filesystem,
+        failure_config=tune.FailureConfig(max_failures=execution.max_failures),
+        # The latest checkpoint only: a finished trial's last one holds its final (and best) weights.
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        callbacks=[JsonLoggerCallback(), StudyProgress(stage)],
+        verbose=0,
+    )
+    tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
+                       run_config=run_config)
+    return fit_watched(tuner)
+
+
+LOST_CHECKPOINT = re.compile(
+    r"Could not recover from checkpoint as it does not exist on storage anymore\..*?path: (\S+)")
+
+
+def restore_lost_checkpoints(grid, storage: Storage, stage: str) -> int:
+    """Trials that failed to resume because their recorded checkpoint is gone: put their newest one there.
+
+    Tune records a trial's latest checkpoint in the experiment state one asynchronous sync
+    after it has deleted the one before (num_to_keep), so a driver killed in between leaves a
+    state naming a deleted folder, and Tune fails the restored trial before it runs. The trial's
+    newest checkpoint is a later point of the same run: copied under the recorded name, the
+    trial continues from it. This matches Tune's error text (Ray has no public signal for it);
+    tests/test_faults.py fails if a Ray upgrade rewords it. Returns how many trials were mended.
+    """
+    import pyarrow.fs as pafs
+
+    mended = 0
+    for result in grid:
+        found = LOST_CHECKPOINT.search(str(result.error or ""))
+        if not found:
+            continue
+        lost = found.group(1)
+        folder = lost.rsplit("/", 1)[0]
+        kept = sorted(info.path for info in storage.fs.get_file_info(pafs.FileSelector(folder))
+                      if info.type == pafs.FileType.Directory and info.base_name.startswith("checkpoint_"))
+        if not kept:
+            continue
+        storage.fs.create_dir(lost, recursive=True)
+        pafs.copy_files(kept[-1], lost, source_filesystem=storage.fs, destination_filesystem=storage.fs)
+        say(f"[{stage}] {folder.rsplit('/', 1)[-1]}: its recorded checkpoint was already replaced; "
+            f"resuming it from its newest one ({kept[-1].rsplit('/', 1)[-1]})")
+        mended += 1
+    return mended
+
+
+def tune_location(storage: Storage, *parts: str):
+    """(path, filesystem) of a storage folder for Tune's `storage_path`/`storage_filesystem` arguments.
+
+    A URI's options (endpoint_override, scheme, region, ...) live in its filesystem: Tune gets that
+    filesystem and the bare path on it, since it would append its folders after the URI's query.
+    """
+    if storage.is_local:
+        return storage.uri(*parts), None
+    return storage.path(*parts), storage.fs
+
+
+class TuneLogWatch(logging.Filter):
+    """Drops Tune's log lines that the study says better itself, and notes an interruption.
+
+    A failed trial's traceback is in its folder's error.txt and its last line in our
+    progress output; Tune's resume hint names Tuner.restore, ours `study resume`.
+    """
+
+    QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted")
+    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller")
+
+    def __init__(self):
+        super().__init__()
+        self.interrupted = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Experiment has been interrupted"):
+            self.interrupted = True
+        return not message.startswith(self.QUIET)
+
+
+def fit_watched(tuner):
+    watch = TuneLogWatch()
+    loggers = [logging.getLogger(name) for name in TuneLogWatch.LOGGERS]
+    for logger in loggers:
+        logger.addFilter(watch)
+    try:
+        grid = tuner.fit()
+    finally:
+        for logger in loggers:
+            logger.removeFilter(watch)
+    return grid, watch.interrupted
+
+
+def make_scheduler(plan: Plan, stage: str):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    settings = plan.execution.scheduler
+    if stage == "pretrain" or settings.type == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", metric=settings.metric, mode=settings.mode,
+                         grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
+                         max_t=settings.max_t)
+
+
+def make_optuna_search(plan: Plan, search: SearchPlan, storage: Storage, name: str):
+    import optuna
+
+    from study.tune.searcher import StudyOptunaSearch
+
+    searcher = plan.execution.searcher
+    url = optuna_storage_url(plan, storage, name)
+    sampler = optuna.samplers.TPESampler(seed=searcher.seed, multivariate=searcher.multivariate,
+                                         constant_liar=searcher.constant_liar)
+    return StudyOptunaSearch(
+        space=variant_space(search), metric=plan.execution.scheduler.metric, mode=plan.execution.scheduler.mode,
+        sampler=sampler, study_name=name, storage=optuna.storages.RDBStorage(url) if url else None,
+    )
+
+
+def optuna_storage_url(plan: Plan, storage: Storage, name: str) -> str | None:
+    """The study file's Optuna storage, else an SQLite file in a local study folder (else in memory)."""
+    if plan.execution.searcher.storage is None and storage.is_local:
+        return f"sqlite:///{storage.path(name, 'optuna.db')}"
+    return plan.execution.searcher.storage
+
+
+def variant_space(search: SearchPlan):
+    from study.tune.searcher import VariantSpace
+
+    return VariantSpace(tuple(search.labels), tuple((k, tuple(v)) for k, v in search.float_dims.items()))
+
+
+def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials) -> None:
+    """After the sweep: each Tune trial once in the Optuna study, with its final state and value.
+
+    `trials`: the study's record (results.trials) of the main stage.
+    """
+    import optuna
+
+    from study.record import ENDED
+    from study.tune.searcher import reconcile_optuna_study
+
+    url = optuna_storage_url(plan, storage, name)
+    if url is None:
+        return
+    metric = plan.execution.scheduler.metric
+    from study.results import ABANDONED
+
+    ended = trials[(trials["stage"] == "main") & trials["status"].isin([s.value for s in ENDED])
+                   & (trials["error"].fillna("") != ABANDONED)]
+    labels = plan.search.labels
+    tune_trials = []
+    for row in ended.to_dict("records"):
+        config = {"variant": row["config_name"], **{dim: row[dim] for dim in plan.search.float_dims}}
+        if config["variant"] not in labels:
+            continue
+        tune_trials.append({"trial_id": row["trial_id"], "config": config, "status": row["status"],
+                            "value": row.get(f"final_{metric}")})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, variant_space(plan.search),
+                                     metric, plan.execution.scheduler.mode, tune_trials)
+    say(f"[optuna] {outcome}")
+
+
+def _trial_dirname(trial) -> str:
+    return trial_dirname(trial.config, trial.trial_id)
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
