@@ -16,7 +16,7 @@ from study.spec import StudySpec
 
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
 EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
-                  "fault_epoch")
+                  "cuda_graphs", "fault_epoch")
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,9 @@ class TrainConfig:
     # FCN-ResNet50 as fast; on CUDA it is the layout bf16 convolutions run fastest in.
     channels_last: bool = True
     compile: bool = False
+    # Replay the train step (forward, loss, backward, optimizer step) as one CUDA graph:
+    # trainables/cuda_graphs.py. Off until measured on a GPU; on CPU a warning, then eager.
+    cuda_graphs: bool = False
     fused_optimizer: bool | None = None  # one kernel per optimizer step; None: on CUDA, where torch has it
     num_threads: int | None = None  # torch intra-op threads; None leaves torch's default
     export_encoder: str = "none"  # none | last | best: write encoder.pt at the end
@@ -102,6 +105,9 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0 and gamma in (0, 1], got {self.weight_decay!r}, {self.gamma!r}")
         if self.pretrain == "imagenet" and self.arch != "fcn_resnet50":
             raise ConfigError(f"pretrain: 'imagenet' weights exist only for fcn_resnet50, not for {self.arch}")
+        if self.cuda_graphs and self.compile:
+            raise ConfigError("cuda_graphs: not with compile (torch.compile makes its own CUDA graphs in mode "
+                              "'reduce-overhead'); turn one of them off")
         if self.freeze == "encoder" and self.pretrain == "none":
             raise ConfigError("freeze: 'encoder' needs a pretrained encoder (pretrain is 'none')")
 
