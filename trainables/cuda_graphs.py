@@ -117,3 +117,5 @@ def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> N
         step = state.get("step")
         if torch.is_tensor(step) and step.device != device:
             state["step"] = step.to(device=device, dtype=torch.float32)
+    # The warm-up and smaller batches step eagerly on purpose: no "capturable=True but not captured" warning.
+    optimizer._warned_capturable_if_run_uncaptured = True
