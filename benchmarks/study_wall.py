@@ -184,18 +184,22 @@ class GpuSampler:
     def summary(self) -> dict | None:
         if self.process is None:
             return None
-        samples = []
-        for line in self.log_path.read_text().splitlines():
-            values = [v.strip() for v in line.split(",")]
-            if len(values) == 2 and all(v.replace(".", "", 1).isdigit() for v in values):
-                samples.append((float(values[0]), float(values[1])))
-        if not samples:
-            return None
-        interval = self.INTERVAL_MS / 1000
-        busy = [u for u, _ in samples]
-        return {"samples": len(samples), "busy_percent": round(sum(busy) / len(busy), 1),
-                "idle_seconds": round(sum(1 - u / 100 for u in busy) * interval, 1),
-                "peak_memory_used_mib": max(m for _, m in samples)}
+        return gpu_samples_summary(self.log_path.read_text(), self.INTERVAL_MS / 1000)
+
+
+def gpu_samples_summary(text: str, interval: float) -> dict | None:
+    """Busy share, idle seconds and peak memory from nvidia-smi's `utilization.gpu, memory.used` lines."""
+    samples = []
+    for line in text.splitlines():
+        values = [v.strip() for v in line.split(",")]
+        if len(values) == 2 and all(v.replace(".", "", 1).isdigit() for v in values):
+            samples.append((float(values[0]), float(values[1])))
+    if not samples:
+        return None
+    busy = [u for u, _ in samples]
+    return {"samples": len(samples), "busy_percent": round(sum(busy) / len(busy), 1),
+            "idle_seconds": round(sum(1 - u / 100 for u in busy) * interval, 1),
+            "peak_memory_used_mib": max(m for _, m in samples)}
 
 
 def fraction_label(fraction: float | None) -> str:
@@ -275,9 +279,11 @@ def main(argv=None) -> int:
     picture = {name: (h // 2, w // 2) for name, (h, w) in PICTURE_SIZES.items()} if args.tiny else PICTURE_SIZES
     roots = {name: generated_dataset(name, train, val, image_size=picture[name]) for name, (train, val) in sizes.items()}
     overrides = [f"datasets.{name}.root={root}" for name, root in roots.items()] + args.overrides
-    env, placeholder = imagenet_weights_env(study_env())
     say("building the caches (not timed)")
     spec, plan = prepare(args.spec, overrides)
+    env, placeholder = study_env(), False
+    if any(trial.config["pretrain"] == "imagenet" for trial in plan.trials):
+        env, placeholder = imagenet_weights_env(env)
 
     if not torch.cuda.is_available():
         fractions = [None]
