@@ -10,9 +10,9 @@ import pytest
 from study.errors import SpecError
 from study.plan import make_plan
 from study.spec import load_spec
+from tests.test_engine import tiny_config
 from trainables.engine import fit
 from trainables.errors import ConfigError
-from tests.test_engine import tiny_config
 
 SMOKE = Path(__file__).resolve().parents[1] / "search_spaces" / "smoke.yaml"
 

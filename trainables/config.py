@@ -121,7 +121,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         """Build from a mapping, rejecting unknown keys by name."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
@@ -129,7 +129,7 @@ class TrainConfig:
             raise ConfigError(f"unknown training setting(s) {unknown}; known: {sorted(known)}")
         return cls(**values)
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -138,4 +138,4 @@ def _choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
         raise ConfigError(f"{name}: expected one of {list(allowed)}, got {value!r}")
 
 
-__all__ = ["TrainConfig", "ARCHS", "DATASETS"]
+__all__ = ["ARCHS", "DATASETS", "TrainConfig"]
