@@ -75,11 +75,15 @@ facts = {"python": platform.python_version(), "executable": sys.executable,
          "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
          "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
          "disk_free_gib": round(shutil.disk_usage(".").free / 2**30, 1)}
+broken = {}
 for name in ("torch",) + tuple(sys.argv[1:]):
     try:
         facts[name] = __import__(name).__version__
     except ImportError:
         facts[name] = None
+    except Exception as error:  # a broken install (e.g. torchvision built for another torch)
+        facts[name], broken[name] = None, f"{type(error).__name__}: {error}"
+facts["broken"] = broken
 if facts["torch"]:
     import torch
     facts.update(cuda=torch.version.cuda, cuda_available=torch.cuda.is_available())
@@ -225,7 +229,10 @@ class Run:
             raise Refused(f"{sys.executable} cannot report the machine: {last}")
         facts = json.loads(result.stdout)
         facts["nvidia_smi"] = _nvidia_smi()
-        say("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items() if k != "executable"))
+        say("machine: " + ", ".join(f"{k} {v}" for k, v in facts.items() if k not in ("executable", "broken")))
+        if facts["broken"]:
+            name, error = next(iter(facts["broken"].items()))
+            raise Refused(f"{name} does not import with {sys.executable}: {error}")
         if not facts["torch"]:
             raise Refused(f"{sys.executable} has no torch: run with the image's Python (PYTHON=/path/to/python)")
         missing = [name for name in IMAGE_MODULES if not facts.get(name)]
