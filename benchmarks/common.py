@@ -186,7 +186,7 @@ def run_timed(command: list[str], log_path: Path, env: dict | None = None, echo:
             "lines": lines}
 
 
-STOP_GRACE = 60.0
+STOP_GRACE = 30.0  # a study stops in about 8 s after SIGINT (README: Ctrl-C)
 
 
 class _Stopper:
