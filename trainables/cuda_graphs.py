@@ -99,7 +99,8 @@ class GraphedTrainStep:
         self.inputs = (images.clone(), masks.clone())  # clone keeps the layout (channels_last)
         self.optimizer.zero_grad(set_to_none=True)  # gradients are then allocated in the graph's memory
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: a CUDA call from another thread of the trial (Ray's) does not void this capture.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self.outputs = self.eager(*self.inputs)
 
 
