@@ -104,6 +104,7 @@ def run_script(name: str, *args: str) -> subprocess.CompletedProcess:
     (["--python", "python3"], "build-kit: --python: expected MAJOR.MINOR of a CPython 3, e.g. 3.11, got 'python3'"),
     (["--glibc", "2.5"], "build-kit: --glibc: expected 2.17 or later as MAJOR.MINOR, e.g. 2.28, got '2.5'"),
     (["--limit-mib", "0"], "build-kit: --limit-mib: expected a size > 0, got 0"),
+    (["--limit-mib", "lots"], "build-kit: argument --limit-mib: invalid float value: 'lots'"),
 ])
 def test_build_kit_refuses_bad_arguments_in_one_line(args, message):
     result = run_script("build-kit", *args)
@@ -127,6 +128,8 @@ def test_run_refuses_a_missing_kit_a_kit_for_another_python_and_bad_settings(tmp
         (["--fractions", "0.25,2"], "--fractions: expected numbers in (0, 1] separated by commas, got '0.25,2'"),
         (["--steps", "smoke,warp"], "--steps: expected some of smoke,train_step,memory,study_wall,compile"),
         (["--budget", "0"], "--budget: expected seconds > 0, got 0"),
+        (["--budget", "soon"], "argument --budget: invalid float value: 'soon'"),
+        (["--out", str(REPO / "README.md")], "README.md is a file, not a folder"),
         (["--dry-run", "--out", str(REPO / "results" / "benchmarks")], "a dry run does not write into"),
     ]
     for args, message in cases:

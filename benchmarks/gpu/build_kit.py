@@ -215,6 +215,7 @@ def build(args) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="benchmarks/gpu/build-kit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.error = lambda message: parser.exit(2, f"build-kit: {message}\n")  # one line, no usage block
     parser.add_argument("--python", default="3.11", help="the GPU machine's Python, MAJOR.MINOR (default 3.11)")
     parser.add_argument("--glibc", default="2.28", help="its glibc, MAJOR.MINOR (default 2.28, as torch's wheels need)")
     parser.add_argument("--out", default=str(KIT), help="the kit folder (default benchmarks/gpu/kit, gitignored)")

@@ -106,9 +106,16 @@ class Refused(Exception):
     """Bad input or a machine this cannot run on: one line, exit 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}\n")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="benchmarks/gpu/run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="benchmarks/gpu/run", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=BUDGET, metavar="SECONDS",
                         help=f"the most the whole command may take (default {BUDGET:g}); a step that would not fit "
                              "is skipped and named, one still going at the end is cut short")
@@ -146,6 +153,8 @@ def prepare(args) -> dict:
     if not args.budget > 0:
         raise Refused(f"--budget: expected seconds > 0, got {args.budget:g}")
     committed = (REPO / "results" / "benchmarks").resolve()
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise Refused(f"--out: {args.out} is a file, not a folder")
     if args.dry_run:
         out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="segstudy-gpu-dry-run-"))
         if out == committed:
