@@ -155,18 +155,16 @@ def prepare(args) -> dict:
     committed = (REPO / "results" / "benchmarks").resolve()
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise Refused(f"--out: {args.out} is a file, not a folder")
-    if args.dry_run:
+    if args.dry_run and args.out and Path(args.out).resolve() == committed:
+        raise Refused(f"--out: a dry run does not write into {committed} (the committed results)")
+    kit = Path(args.kit).resolve() if args.kit else (None if args.dry_run else KIT)
+    manifest = read_manifest(kit) if kit is not None else None
+    if args.dry_run:  # a new folder only once everything else is known to be right
         out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="segstudy-gpu-dry-run-"))
-        if out == committed:
-            raise Refused(f"--out: a dry run does not write into {committed} (the committed results)")
         work = out / "work"
     else:
         out = Path(args.out).resolve() if args.out else committed
         work = WORK
-    kit = Path(args.kit).resolve() if args.kit else (None if args.dry_run else KIT)
-    manifest = None
-    if kit is not None:
-        manifest = read_manifest(kit)
     return {"steps": steps, "fractions": fractions, "out": out, "work": work, "kit": kit, "manifest": manifest,
             "committed": committed}
 
