@@ -72,12 +72,23 @@ def test_stripped_wheel_loses_the_jars_and_their_record_lines_and_still_installs
     assert imported.stdout.strip() == "42"
 
 
-def test_the_image_packages_are_left_out_of_the_downloads():
-    report = {"install": [{"metadata": {"name": name, "version": "1.0"}} for name in
-                          ("ray", "Optuna", "numpy", "pandas", "PyArrow", "nvidia-cublas", "torch", "PyYAML",
-                           "cuda-bindings", "pillow", "sqlalchemy")]}
-    assert build_kit.downloads_from_report(report) == [("Optuna", "1.0"), ("PyYAML", "1.0"), ("ray", "1.0"),
-                                                       ("sqlalchemy", "1.0")]
+def package(name: str, *requires: str) -> dict:
+    return {"metadata": {"name": name, "version": "1.0", "requires_dist": list(requires)}}
+
+
+def test_the_image_packages_and_what_only_they_need_are_left_out_of_the_downloads():
+    report = {"environment": {"python_version": "3.11", "sys_platform": "linux"}, "install": [
+        package("ray", "click", 'pandas; extra == "tune"', 'pyarrow; extra == "tune"', 'tensorboardX; extra == "tune"',
+                'pydantic; extra == "serve"'),
+        package("Optuna", "numpy", "sqlalchemy>=2", 'colorama; sys_platform == "win32"', "PyYAML"),
+        package("pandas", "numpy", "python-dateutil>=2.9"), package("python-dateutil", "tzdata"), package("tzdata"),
+        package("numpy"), package("PyArrow"), package("click"), package("tensorboardX", "numpy", "packaging"),
+        package("packaging"), package("pydantic"), package("colorama"), package("sqlalchemy", "greenlet"),
+        package("greenlet"), package("PyYAML"), package("nvidia-cublas"), package("torch", "nvidia-cublas"),
+    ]}
+    pins = build_kit.downloads_from_report(report, ("ray[tune]==1.0", "optuna==1.0", "PyYAML"), "3.11")
+    assert [name for name, _ in pins] == ["click", "greenlet", "Optuna", "packaging", "PyYAML", "ray", "sqlalchemy",
+                                          "tensorboardX"]
 
 
 def test_platform_tags_cover_older_manylinux_down_to_2_17():

@@ -8,8 +8,10 @@ files. The kit holds exactly what a study needs beyond the image, as manylinux x
 wheels for the target CPython (resolved here, with the registry):
 
 - ray[tune] and optuna at the versions this project is developed with, PyYAML, and every
-  dependency of theirs except the image's packages (IMAGE_PACKAGES: never torch, a CUDA
-  library or anything the image already brings);
+  dependency of theirs except the image's packages and what only those need (IMAGE_PACKAGES:
+  never torch, a CUDA library, pandas' dateutil or anything else the image already brings);
+  when the kit's Python is the one running this, each version is the one installed here
+  (the environment the tests ran in), so the GPU machine runs the tested set;
 - cityscapesScripts without its dependencies (the project reads only its label table, which
   imports nothing; its own dependencies would bring matplotlib for no use);
 - pip itself, which `run` executes from its wheel (the image's pip, if any, is not relied on).
@@ -85,14 +87,45 @@ def target_options(python: str, glibc: str) -> list[str]:
     return options
 
 
-def downloads_from_report(report: dict) -> list[tuple[str, str]]:
-    """(name, version) of each package a pip installation report resolves, less the image's packages."""
-    pins = []
-    for item in report["install"]:
-        name, version = item["metadata"]["name"], item["metadata"]["version"]
-        if not provided_by_image(name):
-            pins.append((name, version))
-    return sorted(pins, key=lambda pin: canonical(pin[0]))
+def downloads_from_report(report: dict, roots: tuple[str, ...], python: str) -> list[tuple[str, str]]:
+    """(name, version) of what `roots` need, from a pip installation report, less the image's packages.
+
+    Walks the requirements from the roots (extras and markers evaluated for the target Python on
+    Linux) and stops at the image's packages, so what only they need (pandas' python-dateutil) stays out.
+    """
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:  # pip's own copy
+        from pip._vendor.packaging.requirements import Requirement
+
+    environment = {**report.get("environment", {}), "python_version": python, "python_full_version": f"{python}.0",
+                   "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64"}
+    resolved = {canonical(item["metadata"]["name"]): item["metadata"] for item in report["install"]}
+    wanted: dict[str, set[str]] = {}
+    stack = [Requirement(root) for root in roots]
+    while stack:
+        requirement = stack.pop()
+        key = canonical(requirement.name)
+        if provided_by_image(key) or key not in resolved:
+            continue
+        extras = set(requirement.extras)
+        if key in wanted and extras <= wanted[key]:
+            continue
+        wanted[key] = wanted.get(key, set()) | extras
+        for text in resolved[key].get("requires_dist", []):
+            dependency = Requirement(text)
+            if dependency.marker is None or any(dependency.marker.evaluate({**environment, "extra": extra})
+                                                for extra in (wanted[key] or {""})):
+                stack.append(dependency)
+    return sorted(((resolved[key]["name"], resolved[key]["version"]) for key in wanted), key=lambda p: canonical(p[0]))
+
+
+def installed_versions() -> list[str]:
+    """name==version of every distribution in the running environment (the constraints of a tested set)."""
+    import importlib.metadata
+
+    return sorted({f"{dist.metadata['Name']}=={dist.version}" for dist in importlib.metadata.distributions()
+                   if dist.metadata["Name"]})
 
 
 def strip_wheel(path: Path, prefixes: tuple[str, ...]) -> list[str]:
@@ -184,12 +217,15 @@ def build(args) -> dict:
     for old in [*out.glob("*.whl"), out / "MANIFEST.json"]:
         old.unlink(missing_ok=True)
     target = target_options(args.python, args.glibc)
+    pinned = args.python == f"{sys.version_info.major}.{sys.version_info.minor}"
     with tempfile.TemporaryDirectory(prefix="segstudy-kit-") as tmp:
-        report_path = Path(tmp) / "report.json"
-        print(f"resolving {' '.join(REQUIREMENTS)} for CPython {args.python}, glibc {args.glibc}", file=sys.stderr)
+        report_path, constraints = Path(tmp) / "report.json", Path(tmp) / "constraints.txt"
+        constraints.write_text("\n".join(installed_versions() if pinned else []) + "\n")
+        print(f"resolving {' '.join(REQUIREMENTS)} for CPython {args.python}, glibc {args.glibc}"
+              + (f", at the versions installed in {sys.prefix}" if pinned else ""), file=sys.stderr)
         _pip("install", "--dry-run", "--ignore-installed", "--report", str(report_path), "--target",
-             str(Path(tmp) / "target"), *target, *REQUIREMENTS)
-        pins = downloads_from_report(json.loads(report_path.read_text()))
+             str(Path(tmp) / "target"), "--constraint", str(constraints), *target, *REQUIREMENTS)
+        pins = downloads_from_report(json.loads(report_path.read_text()), REQUIREMENTS, args.python)
     pins_text = [f"{name}=={version}" for name, version in pins] + list(NO_DEPS) + [f"pip=={_pip_version()}"]
     print(f"downloading {len(pins_text)} wheels into {out}", file=sys.stderr)
     _pip("download", "--no-deps", "--dest", str(out), *target, *pins_text)
@@ -205,6 +241,7 @@ def build(args) -> dict:
     if bad:
         raise KitError(f"the kit would replace the image's packages: {', '.join(bad)}")
     data = manifest(out, args, stripped)
+    data["versions_from"] = sys.prefix if pinned else "the newest that resolve (another Python than this one)"
     (out / "MANIFEST.json").write_text(json.dumps(data, indent=1) + "\n")
     problem = size_problem(data["files"], args.limit_mib)
     if problem:
