@@ -6,7 +6,7 @@ STAMP := $(VENV)/.segstudy-installed
 STORAGE ?= $(CURDIR)/studies
 
 .PHONY: setup demo test test-fast reference-results bench bench-input bench-step bench-overhead \
-	bench-study-wall
+	bench-study-wall gpu-kit gpu-dry-run
 
 setup: $(STAMP)
 
@@ -60,3 +60,11 @@ bench-study-wall: $(STAMP)
 
 bench: bench-input bench-step bench-overhead
 	$(PY) benchmarks/summary.py
+
+# The GPU measurement (README "On a GPU machine"): the offline kit, built here with the registry,
+# and benchmarks/gpu/run end to end on the CPU at tiny sizes (into a temporary folder).
+gpu-kit: $(STAMP)
+	PYTHON=$(PY) benchmarks/gpu/build-kit $(ARGS)
+
+gpu-dry-run: $(STAMP)
+	PYTHON=$(PY) benchmarks/gpu/run --dry-run $(ARGS)

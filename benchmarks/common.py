@@ -3,6 +3,8 @@
 Results go to results/benchmarks/<name>.json (every figure, with the machine and the
 settings) and results/benchmarks/<name>.md (a table naming the machine). Generated
 datasets live in benchmarks/.work/ (gitignored) and are reused between runs.
+$SEGSTUDY_BENCH_RESULTS and $SEGSTUDY_BENCH_WORK move them (benchmarks/gpu/run --dry-run
+writes into a temporary folder that way, never over the committed results).
 """
 
 from __future__ import annotations
@@ -11,14 +13,16 @@ import datetime
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-WORK = REPO / "benchmarks" / ".work"
-RESULTS = REPO / "results" / "benchmarks"
+WORK = Path(os.environ.get("SEGSTUDY_BENCH_WORK") or REPO / "benchmarks" / ".work").resolve()
+RESULTS = Path(os.environ.get("SEGSTUDY_BENCH_RESULTS") or REPO / "results" / "benchmarks").resolve()
 # Before the benchmark's own work: other load on the machine makes CPU figures pessimistic.
 LOAD_AT_START = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
 
@@ -53,6 +57,10 @@ def machine(device: str | None = None) -> dict:
         "torch_threads": torch.get_num_threads(),
         "load_average_at_start": round(LOAD_AT_START, 2),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "gpu_count": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+        "gpu_memory_gib": (round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+                           if torch.cuda.is_available() else None),
+        "cuda": torch.version.cuda,
         "hostname": platform.node(),
         "git_commit": _git_commit(),
         "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -64,6 +72,8 @@ def machine(device: str | None = None) -> dict:
 
 def machine_line(info: dict) -> str:
     gpu = info["gpu"] or "no GPU"
+    if info.get("gpu_memory_gib"):
+        gpu = f"{info.get('gpu_count', 1)}x {gpu} ({info['gpu_memory_gib']} GiB, CUDA {info.get('cuda')})"
     return (f"{info['cpu_model']}, {info['cores']} cores, {info['memory_gib']} GiB; {gpu}; "
             f"torch {info['torch']}; commit {info['git_commit']}; {info['when']}")
 
@@ -122,9 +132,13 @@ def write_results(name: str, data: dict, paragraphs: list[str]) -> str:
     json_path, md_path = RESULTS / f"{name}.json", RESULTS / f"{name}.md"
     json_path.write_text(json.dumps(data, indent=1, default=str) + "\n")
     md_path.write_text(markdown.rstrip() + "\n")
-    say(f"wrote {json_path.relative_to(REPO)} and {md_path.relative_to(REPO)}")
+    say(f"wrote {_shown(json_path)} and {_shown(md_path)}")
     print(markdown)
     return markdown
+
+
+def _shown(path: Path) -> str:
+    return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else str(path)
 
 
 def table(header: list[str], rows: list[list]) -> str:
@@ -145,10 +159,13 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def run_timed(command: list[str], log_path: Path, env: dict | None = None, echo: bool = True) -> dict:
+def run_timed(command: list[str], log_path: Path, env: dict | None = None, echo: bool = True,
+              timeout: float | None = None) -> dict:
     """Run a command; every line of its output stamped with seconds since the start (stdout and stderr merged).
 
-    Returns {"returncode", "wall_seconds", "lines": [(seconds, text), ...]}; the lines also go to log_path.
+    Returns {"returncode", "wall_seconds", "timed_out", "lines": [(seconds, text), ...]}; the lines also go to
+    log_path. Past `timeout` seconds the command gets SIGINT, as Ctrl-C would send (a study stops its trials and
+    Ray and keeps what finished), and SIGKILL STOP_GRACE seconds later if it is still there.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines = []
@@ -156,6 +173,7 @@ def run_timed(command: list[str], log_path: Path, env: dict | None = None, echo:
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                    text=True, bufsize=1)
+        stopper = _Stopper(process, timeout)
         for line in process.stdout:
             stamp = time.perf_counter() - started
             lines.append((stamp, line.rstrip("\n")))
@@ -163,7 +181,36 @@ def run_timed(command: list[str], log_path: Path, env: dict | None = None, echo:
             if echo:
                 say(f"  {stamp:7.1f}s  {line.rstrip()}")
         returncode = process.wait()
-    return {"returncode": returncode, "wall_seconds": time.perf_counter() - started, "lines": lines}
+        stopper.cancel()
+    return {"returncode": returncode, "wall_seconds": time.perf_counter() - started, "timed_out": stopper.fired,
+            "lines": lines}
+
+
+STOP_GRACE = 30.0  # a study stops in about 8 s after SIGINT (README: Ctrl-C)
+
+
+class _Stopper:
+    """SIGINT to a process after `timeout` seconds, SIGKILL STOP_GRACE seconds later (timers; None: never)."""
+
+    def __init__(self, process: subprocess.Popen, timeout: float | None):
+        self.process, self.fired = process, False
+        self.timers = []
+        if timeout is not None:
+            self.timers = [threading.Timer(max(0.0, timeout), self._interrupt),
+                           threading.Timer(max(0.0, timeout) + STOP_GRACE, self.process.kill)]
+            for timer in self.timers:
+                timer.daemon = True
+                timer.start()
+
+    def _interrupt(self) -> None:
+        if self.process.poll() is None:
+            self.fired = True
+            say(f"time budget reached: interrupting {self.process.args[0]} (pid {self.process.pid})")
+            self.process.send_signal(signal.SIGINT)
+
+    def cancel(self) -> None:
+        for timer in self.timers:
+            timer.cancel()
 
 
 def first_line(lines: list, needle: str, start: float = 0.0) -> float | None:

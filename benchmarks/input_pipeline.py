@@ -21,8 +21,18 @@ import statistics
 import tempfile
 import time
 
-from common import (core_count, generated_dataset, load_note, machine, machine_line, resolve_device, say,
-                    synchronize, table, write_results)
+from common import (
+    core_count,
+    generated_dataset,
+    load_note,
+    machine,
+    machine_line,
+    resolve_device,
+    say,
+    synchronize,
+    table,
+    write_results,
+)
 
 TARGET_SPEEDUP = 50.0
 TRAIN_IMAGES, VAL_IMAGES = 3680, 3669  # Oxford-IIIT Pet trainval / test
@@ -128,7 +138,7 @@ def main(argv=None) -> int:
 
         def cached_epoch() -> int:
             count = 0
-            for images, masks in split.batches(args.batch_size, shuffle=True, generator=generator):
+            for images, _masks in split.batches(args.batch_size, shuffle=True, generator=generator):
                 count += images.shape[0]
             return count
 
@@ -159,7 +169,8 @@ def main(argv=None) -> int:
          f"{statistics.median(seed_seconds):.2f}", f"{workers} worker processes, decoding every epoch"],
         ["cached: uint8 cache in a DeviceSplit, batches made on the device", f"{cached_rate:,.0f}",
          f"{statistics.median(cached_seconds):.3f}",
-         f"cache build {build_seconds:.1f} s once; open {open_seconds:.2f} s; copy to device {to_device_seconds:.3f} s"],
+         f"cache build {build_seconds:.1f} s once; open {open_seconds:.2f} s; "
+         f"copy to device {to_device_seconds:.3f} s"],
     ]
     verdict = "met" if speedup >= TARGET_SPEEDUP else "missed"
     write_results("input_pipeline", data, [

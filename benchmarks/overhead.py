@@ -23,8 +23,21 @@ import shutil
 import sys
 import time
 
-from common import (REPO, WORK, first_line, load_note, machine, machine_line, run_timed, say, stage_end,
-                    study_command, study_env, table, write_results)
+from common import (
+    REPO,
+    WORK,
+    first_line,
+    load_note,
+    machine,
+    machine_line,
+    run_timed,
+    say,
+    stage_end,
+    study_command,
+    study_env,
+    table,
+    write_results,
+)
 
 
 # -- bare Tune (runs in its own process: `overhead.py --bare-tune N --storage DIR`) ----------

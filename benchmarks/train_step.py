@@ -8,11 +8,18 @@ confusion matrix kept on the device, one sync at the end), on random 64x64 pictu
   fast path:     the engine's defaults (TrainConfig): channels_last tensors and
                  weights; on CUDA also bf16 autocast (amp: auto) and fused AdamW.
                  --compile adds torch.compile; its compile time is reported separately.
+  fast+graphs:   --cuda-graphs adds the fast path with the `cuda_graphs` setting (the step
+                 replayed as one CUDA graph, trainables/cuda_graphs.py; captured during the
+                 warm-up, so capture is not in the rate). Without CUDA it runs eagerly.
+
+On CUDA the results go to train_step_cuda.{json,md} (the CPU figures in train_step.* stay),
+with each variant's peak GPU memory (torch.cuda.max_memory_allocated).
 
 FLOPs per step are counted once per model with torch.utils.flop_counter.FlopCounterMode
 (forward + backward of a baseline warm-up step) and divided by the timed step time.
 
     python benchmarks/train_step.py [--device auto] [--batch-size 64] [--warmup N] [--steps N] [--compile]
+                                    [--cuda-graphs]
 """
 
 from __future__ import annotations
@@ -24,7 +31,8 @@ from common import load_note, machine, machine_line, resolve_device, say, synchr
 
 MODELS = ("fcn_resnet50", "segformer_b0")
 LABELS = {"fcn_resnet50": "FCN-ResNet50", "segformer_b0": "SegFormer-B0"}
-GPU_TARGETS = {"fcn_resnet50": 15_000, "segformer_b0": 30_000}  # images/s on one H100, fast path
+GPU_TARGETS = {"fcn_resnet50": 15_000, "segformer_b0": 30_000}  # images/s on one H200, fast path
+TARGET_GPU = "1x H200"
 DEFAULT_STEPS = {"cpu": (2, 3), "cuda": (3, 20)}  # (warm-up, timed) steps
 
 
@@ -44,16 +52,21 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainables import metrics
+    from trainables import cuda_graphs, metrics
     from trainables.config import TrainConfig
     from trainables.engine import autocast_context, make_optimizer, seed_everything, train_one_epoch
     from trainables.models import build_model
     from trainables.models.transfer import trainable_parameters
 
     fast = variant != "fp32"
+    graphs = variant == "fast+graphs"
     config = TrainConfig(arch=arch, image_size=(args.image_size, args.image_size), batch_size=args.batch_size,
                          device=str(device), amp="auto" if fast else "off", channels_last=fast,
-                         compile=fast and args.compile)
+                         compile=variant == "fast+compile", cuda_graphs=graphs)
+    warmup = max(args.warmup, cuda_graphs.WARMUP_STEPS + 2) if graphs else args.warmup
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
     seed_everything(0)
     model = build_model(config).to(device)
     if config.channels_last:
@@ -66,13 +79,15 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
     criterion = nn.CrossEntropyLoss(ignore_index=metrics.IGNORE_INDEX)
     forward_model = torch.compile(model) if config.compile else model
     autocast = autocast_context(config, device)
+    step = cuda_graphs.graphed_train_step(config, device, forward_model, optimizer, criterion)
     generator = torch.Generator().manual_seed(0)
 
     def run(split) -> float:
         synchronize(device)
         started = time.perf_counter()
         train_one_epoch(forward_model, optimizer, criterion, split, batch_size=args.batch_size,
-                        num_classes=config.num_classes, generator=generator, hflip=False, autocast=autocast)
+                        num_classes=config.num_classes, generator=generator, hflip=False, autocast=autocast,
+                        step=step)
         synchronize(device)
         return time.perf_counter() - started
 
@@ -85,17 +100,19 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
         flops = counter.get_total_flops()
     else:
         first_step = run(one_batch)
-    for _ in range(max(0, args.warmup - 1)):
+    for _ in range(max(0, warmup - 1)):
         run(one_batch)
     timed = make_split(args.batch_size * args.steps, args.image_size, config.num_classes, device,
                        config.channels_last, 2)
     seconds = run(timed)
     step_seconds = seconds / args.steps
     result = {
-        "arch": arch, "variant": variant, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size,
+        "arch": arch, "variant": variant, "steps": args.steps, "warmup": warmup, "batch_size": args.batch_size,
         "seconds": seconds, "step_seconds": step_seconds, "images_per_second": args.batch_size / step_seconds,
         "first_step_seconds": first_step, "amp": config.amp if fast else "off", "channels_last": config.channels_last,
         "fused_optimizer": fast and device.type == "cuda", "compile": config.compile,
+        "cuda_graphs": step is not None,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     if config.compile:
         result["compile_seconds"] = max(0.0, first_step - step_seconds)
@@ -115,6 +132,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=None, help="warm-up steps (default: 2 on CPU, 3 on CUDA)")
     parser.add_argument("--steps", type=int, default=None, help="timed steps (default: 3 on CPU, 20 on CUDA)")
     parser.add_argument("--compile", action="store_true", help="fast path with torch.compile as well")
+    parser.add_argument("--cuda-graphs", action="store_true",
+                        help="the fast path with the train step as a CUDA graph as well (eager without CUDA)")
     args = parser.parse_args(argv)
 
     import torch
@@ -130,7 +149,7 @@ def main(argv=None) -> int:
     say(f"device {device}, batch {args.batch_size}, {args.image_size}x{args.image_size}, "
         f"{args.warmup} warm-up + {args.steps} timed steps, torch threads {torch.get_num_threads()}")
 
-    variants = ["fp32", "fast+compile" if args.compile else "fast"]
+    variants = ["fp32", "fast"] + ["fast+compile"] * args.compile + ["fast+graphs"] * args.cuda_graphs
     results = []
     for arch in args.models:
         flops = None
@@ -152,6 +171,10 @@ def main(argv=None) -> int:
             notes.append(" + ".join(parts))
         if r.get("compile"):
             notes.append(f"compile {r['compile_seconds']:.1f} s (first step, not in the rate)")
+        if r["variant"] == "fast+graphs":
+            notes.append("train step as one CUDA graph" if r["cuda_graphs"] else "cuda_graphs: eager (no CUDA)")
+        if r.get("peak_memory_gib") is not None:
+            notes.append(f"peak {r['peak_memory_gib']:.2f} GiB allocated")
         target = ""
         if on_gpu and r["variant"] != "fp32":
             goal = GPU_TARGETS[r["arch"]]
@@ -161,19 +184,20 @@ def main(argv=None) -> int:
                      target, "; ".join(notes)])
     if not on_gpu:
         for arch in args.models:
-            rows.append([LABELS[arch], "fast", "1x H100", "to measure: no GPU available in this session", "", "", "",
-                         f">= {GPU_TARGETS[arch]:,}", "run `make bench-step` on a GPU machine"])
+            rows.append([LABELS[arch], "fast", TARGET_GPU, "to measure: no GPU available in this session", "", "", "",
+                         f">= {GPU_TARGETS[arch]:,}", "run `benchmarks/gpu/run` on a GPU machine"])
     data = {"benchmark": "train_step", "machine": info, "settings": vars(args), "results": results,
             "gpu_targets_images_per_second": GPU_TARGETS}
-    write_results("train_step", data, [
+    write_results("train_step_cuda" if on_gpu else "train_step", data, [
         "# Training step: images/s and achieved TFLOP/s",
         f"Machine: {machine_line(info)}. Device: {device}.",
-        f"Batch {args.batch_size} at {args.image_size}x{args.image_size}, the engine's train_one_epoch "
-        f"(normalise, forward, loss, backward, AdamW step, on-device metrics). FLOPs from FlopCounterMode "
-        f"(forward + backward of one step).",
+        (f"Batch {args.batch_size} at {args.image_size}x{args.image_size}, the engine's train_one_epoch "
+         f"(normalise, forward, loss, backward, AdamW step, on-device metrics). FLOPs from FlopCounterMode "
+         f"(forward + backward of one step)."),
         table(["model", "path", "device", "images/s", "s/step", "TFLOP/s", "GFLOP/image", "target", "notes"], rows),
         load_note(info),
-        "Command: `make bench-step` (`python benchmarks/train_step.py [--batch-size 64] [--steps N] [--compile]`).",
+        ("Command: `make bench-step` (`python benchmarks/train_step.py [--batch-size 64] [--steps N] [--compile] "
+         "[--cuda-graphs]`)."),
     ])
     return 0
 

@@ -30,7 +30,7 @@ PLAN_VERSION = 2
 VERSIONED_PACKAGES = ("segstudy", "torch", "torchvision", "ray", "optuna", "pandas", "pyarrow")
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
 EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
-                  "fault_epoch")
+                  "cuda_graphs", "fault_epoch")
 
 
 class PlanError(StudyError):

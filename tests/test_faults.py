@@ -11,7 +11,6 @@ import pytest
 
 from study.results import load_results
 from study.storage import Storage
-from trainables.trial import variant_label
 from tests.study_helpers import (
     SPECS,
     TEST_SPECS,
@@ -22,6 +21,7 @@ from tests.study_helpers import (
     start_study_cli,
     wait_for,
 )
+from trainables.trial import variant_label
 
 pytestmark = pytest.mark.slow
 

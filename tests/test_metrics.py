@@ -56,3 +56,17 @@ def test_random_confusion_matrices_give_miou_in_unit_interval_equal_to_direct_co
         direct.append(tp / (tp + fp + fn) if tp + fp + fn else 0.0)
     assert 0.0 <= summary["miou"] <= 1.0
     assert math.isclose(summary["miou"], sum(direct) / n, abs_tol=1e-12)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 19), st.integers(1, 300), st.integers(0, 2**32 - 1))
+def test_confusion_matrix_equals_counting_the_kept_pixels(num_classes, pixels, seed):
+    generator = torch.Generator().manual_seed(seed)
+    target = torch.randint(0, num_classes, (pixels,), generator=generator)
+    target[torch.rand(pixels, generator=generator) < 0.2] = metrics.IGNORE_INDEX
+    pred = torch.randint(0, num_classes, (pixels,), generator=generator)
+    expected = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+    for t, p in zip(target.tolist(), pred.tolist()):
+        if t != metrics.IGNORE_INDEX:
+            expected[t, p] += 1
+    assert torch.equal(metrics.confusion_matrix(pred, target, num_classes), expected)

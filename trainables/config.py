@@ -82,6 +82,9 @@ class TrainConfig:
     # Measured on CPU (make bench-step): channels_last is the layout bf16 convolutions run fastest in on CUDA.
     channels_last: bool = setting(True, "channels-last images and weights")
     compile: bool = setting(False, "torch.compile the model")
+    # trainables/cuda_graphs.py. Off until measured on a GPU; on CPU a warning, then eager.
+    cuda_graphs: bool = setting(False, "replay the train step (forward, loss, backward, optimizer step) as one "
+                                       "CUDA graph")
     fused_optimizer: bool | None = setting(None, "fused Adam/AdamW kernel; null: on CUDA")
     num_threads: int | None = setting(None, "torch intra-op threads; null: the CPUs Ray assigned the trial")
     export_encoder: str = setting("none", "none, last or best: keep the encoder of that epoch (pretraining jobs)")
@@ -127,6 +130,9 @@ class TrainConfig:
             raise ConfigError(f"drop_path: expected a number in [0, 1), got {self.drop_path!r}")
         if self.pretrain == "imagenet" and self.arch != "fcn_resnet50":
             raise ConfigError(f"pretrain: 'imagenet' weights exist only for fcn_resnet50, not for {self.arch}")
+        if self.cuda_graphs and self.compile:
+            raise ConfigError("cuda_graphs: not with compile (torch.compile makes its own CUDA graphs in mode "
+                              "'reduce-overhead'); turn one of them off")
         if self.freeze == "encoder" and self.pretrain == "none":
             raise ConfigError("freeze: 'encoder' needs a pretrained encoder (pretrain is 'none')")
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from trainables import metrics
+from trainables import cuda_graphs, metrics
 from trainables.checkpoint import get_rng_state, set_rng_state
 from trainables.config import TrainConfig
 from trainables.data import SPLITS, load_split
@@ -102,9 +102,10 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_context(config: TrainConfig, device: torch.device):
+def autocast_context(config: TrainConfig, device: torch.device, cache_enabled: bool = True):
+    """bf16 autocast as `amp` asks, or a null context. A CUDA graph capture needs cache_enabled=False."""
     use_bf16 = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled) if use_bf16 else nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -129,6 +130,21 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> tor
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, images: torch.Tensor,
+               masks: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on one batch: (the batch's mean loss, its predicted classes), both detached.
+
+    trainables/cuda_graphs.py captures this same function when `cuda_graphs` is on.
+    """
+    with autocast:
+        logits = model(images)
+        loss = criterion(logits.float(), masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach().argmax(1)
+
+
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -140,20 +156,22 @@ def train_one_epoch(
     generator: torch.Generator,
     hflip: bool,
     autocast,
+    step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
-    """One pass over the shuffled split; loss and confusion stay on the device until the end."""
+    """One pass over the shuffled split; loss and confusion stay on the device until the end.
+
+    `step(images, masks)` trains on one batch (default: train_step, eagerly); a CUDA-graph step replaces it.
+    """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
     for images, masks in data.batches(batch_size, shuffle=True, generator=generator, hflip=hflip):
-        with autocast:
-            logits = model(images)
-            loss = criterion(logits.float(), masks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().double() * images.shape[0]
-        confusion += metrics.confusion_matrix(logits.detach().argmax(1), masks, num_classes)
+        if step is None:
+            loss, pred = train_step(model, optimizer, criterion, images, masks, autocast)
+        else:
+            loss, pred = step(images, masks)
+        loss_sum += loss.double() * images.shape[0]
+        confusion += metrics.confusion_matrix(pred, masks, num_classes)
     return {"loss": float(loss_sum) / len(data), **metrics.summarize(confusion)}
 
 
@@ -227,16 +245,18 @@ def fit(
         best_weights = resume_state.get("best_weights")
         if best_weights is None and result.best_epoch == resume_state["epoch"]:
             best_weights = _cpu_copy(model.state_dict())
+    # After the resumed optimizer state: capture makes that optimizer capturable.
+    step = cuda_graphs.graphed_train_step(config, device, forward_model, optimizer, criterion)
 
     for epoch in range(start_epoch, config.epochs + 1):
         if config.fault_epoch == epoch and not (config.fault_once and resume_state is not None):
             inject_fault(config, model, epoch)
-        lr = optimizer.param_groups[0]["lr"]
+        lr = float(optimizer.param_groups[0]["lr"])  # a device tensor when the step is a CUDA graph
         started = time.perf_counter()
         train = train_one_epoch(
             forward_model, optimizer, criterion, train_data,
             batch_size=config.batch_size, num_classes=config.num_classes,
-            generator=generator, hflip=config.hflip, autocast=autocast,
+            generator=generator, hflip=config.hflip, autocast=autocast, step=step,
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
