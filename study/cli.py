@@ -1,7 +1,10 @@
 """The `study` command: every subcommand is a thin call into study/ or trainables/.
 
-User-facing failures (StudyError, TrainablesError) print one line and exit 2,
-without a traceback unless --debug.
+Whatever the input, a command exits 0, or prints one line naming the file, key or value at
+fault and exits 2 (no traceback unless --debug): user-facing failures (StudyError,
+TrainablesError), and what the file system, a decoder or a JSON reader says about a path
+(OSError, UnicodeDecodeError, JSONDecodeError), are caught here once. Ctrl-C exits 130;
+SIGTERM and SIGHUP stop a run the same way and exit 143 and 129 (study/signals.py).
 """
 
 from __future__ import annotations
@@ -11,33 +14,69 @@ import json
 import os
 import sys
 
+from study import signals
 from study.errors import StudyError
+from study.spec import MAX_TRIALS
+from trainables.config import ARCHS, CHOICES, DATASETS, TrainConfig
 from trainables.errors import TrainablesError
+
+DEFAULT = TrainConfig()
+USER_ERRORS = (StudyError, TrainablesError, OSError, UnicodeError, json.JSONDecodeError, RecursionError, MemoryError)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "handler", None):
-        parser.print_help()
-        return 2
     try:
-        return args.handler(args) or 0
-    except (StudyError, TrainablesError) as error:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a bad argument (already said in one line)
+        return int(done.code or 0)
+    if not getattr(args, "handler", None):
+        group = "study data" if getattr(args, "data_group", False) else "study"
+        print(f"error: {group}: expected a command; see `{group} --help`", file=sys.stderr)
+        return 2
+    signals.install()
+    try:
+        code = args.handler(args) or 0
+    except USER_ERRORS as error:
         if args.debug:
             raise
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {describe(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return signals.exit_code()
+    return signals.exit_code(code) if code == 130 else code
+
+
+def describe(error: BaseException) -> str:
+    """One line: the message of our own errors; the path and the reason for the others."""
+    if isinstance(error, (StudyError, TrainablesError)):
+        return str(error)
+    if isinstance(error, OSError):
+        where = error.filename if error.filename is not None else ""
+        if error.filename2 is not None:
+            where = f"{where} -> {error.filename2}"
+        reason = error.strerror or str(error) or type(error).__name__
+        return f"{where}: {reason}" if where else reason
+    if isinstance(error, RecursionError):
+        return "the input is nested too deeply to read"
+    if isinstance(error, MemoryError):
+        return "not enough memory for this input"
+    return f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument said in one line (and where to find the usage)."""
+
+    def error(self, message: str):
+        print(f"error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="study",
-                                     description="Hyperparameter studies for semantic segmentation on Ray Tune.")
+    parser = Parser(prog="study", description="Hyperparameter studies for semantic segmentation on Ray Tune.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    commands = parser.add_subparsers(metavar="COMMAND")
+    commands = parser.add_subparsers(metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, handler, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=help_text)
@@ -57,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the study file, e.g. --set train.epochs=2 (repeatable)")
+    run.add_argument("--allow-large", action="store_true",
+                     help=f"run a grid of more than {MAX_TRIALS:,} trials (refused otherwise, as a likely mistake)")
 
     resume = with_storage(command("resume", cmd_resume, "continue an interrupted study"))
     resume.add_argument("name")
@@ -79,39 +120,42 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="folder for trials.parquet and epochs.parquet")
 
     train = command("train", cmd_train, "one training run outside Ray, written to --out")
-    train.add_argument("--arch", default="segformer_b0", choices=["fcn_resnet50", "segformer_b0"])
-    train.add_argument("--dataset", default="pets", choices=["pets", "cityscapes"])
+    train.add_argument("--arch", default=DEFAULT.arch, choices=ARCHS)
+    train.add_argument("--dataset", default=DEFAULT.dataset, choices=DATASETS)
     train.add_argument("--data-root", required=True)
-    train.add_argument("--epochs", type=int, default=30)
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=1e-3)
-    train.add_argument("--image-size", type=int, nargs="+", default=[64], metavar="N", help="N or H W")
-    train.add_argument("--pretrain", default="none",
+    train.add_argument("--epochs", type=int, default=DEFAULT.epochs)
+    train.add_argument("--batch-size", type=int, default=DEFAULT.batch_size)
+    train.add_argument("--lr", type=float, default=DEFAULT.lr)
+    train.add_argument("--image-size", type=int, nargs="+", default=list(DEFAULT.image_size), metavar="N",
+                       help="N or H W")
+    train.add_argument("--pretrain", default=DEFAULT.pretrain,
                        help="none | imagenet | path to an encoder or ResNet-50 state dict")
-    train.add_argument("--freeze", default="none", choices=["none", "encoder"])
-    train.add_argument("--segformer-stem", default="paper", choices=["paper", "small_input"])
-    train.add_argument("--optimizer", default="adamw", choices=["adamw", "adam"])
-    train.add_argument("--scheduler", default="exponential", choices=["exponential", "step", "constant"])
-    train.add_argument("--val-interval", type=int, default=2)
+    train.add_argument("--freeze", default=DEFAULT.freeze, choices=CHOICES["freeze"])
+    train.add_argument("--segformer-stem", default=DEFAULT.segformer_stem, choices=CHOICES["segformer_stem"])
+    train.add_argument("--optimizer", default=DEFAULT.optimizer, choices=CHOICES["optimizer"])
+    train.add_argument("--scheduler", default=DEFAULT.scheduler, choices=CHOICES["scheduler"])
+    train.add_argument("--val-interval", type=int, default=DEFAULT.val_interval)
     train.add_argument("--max-train-samples", type=int)
     train.add_argument("--max-val-samples", type=int)
-    train.add_argument("--export-encoder", default="none", choices=["none", "last", "best"])
-    train.add_argument("--device", default="auto")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--export-encoder", default=DEFAULT.export_encoder, choices=CHOICES["export_encoder"])
+    train.add_argument("--device", default=DEFAULT.device)
+    train.add_argument("--seed", type=int, default=DEFAULT.seed)
     train.add_argument("--out", required=True, help="folder for config.json, metrics.jsonl and checkpoint/")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
 
-    data = commands.add_parser("data", help="generate or check datasets").add_subparsers(metavar="ACTION")
+    data_parser = commands.add_parser("data", help="generate or check datasets")
+    data_parser.set_defaults(data_group=True)
+    data = data_parser.add_subparsers(metavar="ACTION", parser_class=Parser)
     synth = data.add_parser("synth", help="write a generated dataset in the real dataset's on-disk layout")
     synth.set_defaults(handler=cmd_data_synth)
-    synth.add_argument("dataset", choices=["pets", "cityscapes"])
+    synth.add_argument("dataset", choices=DATASETS)
     synth.add_argument("--root", required=True)
     synth.add_argument("--train", type=int, default=64)
     synth.add_argument("--val", type=int, default=32)
     synth.add_argument("--seed", type=int, default=0)
     check = data.add_parser("check", help="validate a dataset tree and count pixels per class")
     check.set_defaults(handler=cmd_data_check)
-    check.add_argument("dataset", choices=["pets", "cityscapes"])
+    check.add_argument("dataset", choices=DATASETS)
     check.add_argument("--root", required=True)
     check.add_argument("--image-size", type=int, nargs="+", default=[64], metavar="N", help="N or H W")
     check.add_argument("--json", action="store_true", help="print exactly one JSON object")
@@ -134,7 +178,7 @@ def cmd_run(args) -> int:
     from study.runner import run_study
     from study.spec import load_spec
 
-    spec = load_spec(args.spec, overrides=args.overrides)
+    spec = load_spec(args.spec, overrides=args.overrides, allow_large=args.allow_large)
     return run_study(spec, _storage(args), name=args.name, address=args.address)
 
 
@@ -166,8 +210,13 @@ def cmd_list(args) -> int:
 
 def cmd_report(args) -> int:
     from study.report import report_study
+    from study.storage import output_folder
 
-    path, text = report_study(_storage(args), args.name, out_dir=args.out, compare_name=args.compare)
+    storage = _storage(args)
+    storage.require_study(args.name)  # a bad name writes nothing
+    if args.out:
+        output_folder(args.out, "--out")
+    path, text = report_study(storage, args.name, out_dir=args.out, compare_name=args.compare)
     print(text)
     print(f"\nreport: {path}")
     return 0
@@ -175,14 +224,17 @@ def cmd_report(args) -> int:
 
 def cmd_export(args) -> int:
     from study.export import export_study
+    from study.storage import output_folder
 
-    for path in export_study(_storage(args), args.name, args.out):
+    storage = _storage(args)
+    storage.require_study(args.name)  # a bad name writes nothing
+    for path in export_study(storage, args.name, output_folder(args.out, "--out")):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_train(args) -> int:
-    from trainables.config import TrainConfig
+    from study.storage import output_folder
     from trainables.local_run import train_to_folder
 
     config = TrainConfig(
@@ -192,7 +244,7 @@ def cmd_train(args) -> int:
         val_interval=args.val_interval, max_train_samples=args.max_train_samples,
         max_val_samples=args.max_val_samples, export_encoder=args.export_encoder, device=args.device, seed=args.seed,
     )
-    result = train_to_folder(config, args.out, resume=args.resume)
+    result = train_to_folder(config, output_folder(args.out, "--out"), resume=args.resume)
     print(f"{result.status}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}; "
           f"results in {args.out}")
     return 0

@@ -85,14 +85,12 @@ def load_results(storage: Storage, name: str) -> StudyResults:
     for stage in STAGES:
         tune = _TuneStates(storage, name, stage, notes)
         for directory in storage.list_dirs(name, stage):
-            trial = _read_trial(storage, name, stage, directory, plan, context, views.get((stage, directory)),
-                                driver is not None, tune)
-            if trial is None:
-                continue
-            row, epochs, trial_notes = trial
-            trial_rows.append(row)
-            epoch_rows.extend(epochs)
+            row, epochs, trial_notes = _read_trial(storage, name, stage, directory, plan, context,
+                                                   views.get((stage, directory)), driver is not None, tune)
             notes += trial_notes
+            if row is not None:
+                trial_rows.append(row)
+                epoch_rows.extend(epochs)
     _add_reused_pretraining(storage, name, plan, trial_rows, epoch_rows, notes)
     _add_pending(plan, trial_rows, name)
     trials = typed_frame(trial_rows, TRIAL_COLUMNS)
@@ -163,9 +161,9 @@ def _read_trial(storage: Storage, name: str, stage: str, directory: str, plan: P
                              f"epochs {_span(recovered)} taken from the checkpoint")
                 records = recovered
     if identity is None or settings is None:
-        if lines or checkpoint:
+        if lines or checkpoint or notes:
             notes.append(f"{where}: neither {RESULT_FILE} nor a checkpoint says which trial this is; left out")
-        return None
+        return None, [], notes
     trial_id = trial_id or (view.trial_id if view else None) or f"unknown-{directory}"
     state, error = _decide_state(records, planned, view, driver_alive_, tune, directory, plan, storage, folder)
     epochs = _epoch_rows(records, trial_id, stage, identity, settings)

@@ -35,7 +35,13 @@ INTERRUPTED_EXIT = 130
 
 # -- entry points -------------------------------------------------------------
 def run_study(spec: StudySpec, storage: Storage, name: str | None = None, address: str | None = None) -> int:
-    name = check_name(name or spec.name, "--name")
+    from study.tune.stage import check_reachable
+
+    name = check_name(spec.name if name is None else name, "--name")
+    check_reachable(address)  # before anything of the study is written
+    plan_devices = [c.get("device", "auto") for c in [*(cfg.config for cfg in spec.configurations),
+                                                      *(job.config for job in spec.pretraining)]]
+    check_devices(plan_devices + [spec.search_base_config().get("device", "auto")], address)
     with study_lock(storage, name):  # first: a study being run is named as such, not as merely existing
         if storage.is_study(name):
             raise StudyError(f"a study named {name!r} already exists in {storage.root}: continue it with "
@@ -50,7 +56,10 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
 
 
 def resume_study(storage: Storage, name: str, address: str | None = None) -> int:
+    from study.tune.stage import check_reachable
+
     storage.require_study(name)
+    check_reachable(address)
     with study_lock(storage, name):
         plan = plan_for_resume(storage, name)
         results = load_results(storage, name)
@@ -88,6 +97,23 @@ def plan_for_resume(storage: Storage, name: str) -> Plan:
     return plan
 
 
+def check_devices(devices: list[str], address: str | None) -> None:
+    """On this machine (no cluster), a CUDA device a trial asks for must exist: refused before Ray otherwise."""
+    from study.tune.stage import cluster_address
+
+    wanted = sorted({d for d in devices if str(d).startswith("cuda")})
+    if not wanted or cluster_address(address):
+        return  # nothing asked, or the trials run on the cluster's nodes, checked once it is joined
+    import torch
+
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for device in wanted:
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= count:
+            raise StudyError(f"device: trials ask for {device}, but this machine has {count} CUDA device(s); "
+                             f"use device auto or cpu, or run on a cluster with GPUs (--address)")
+
+
 def resume_command(storage: Storage, name: str) -> str:
     """What to type to continue the study (a URI's query needs quoting for the shell)."""
     return f"study resume {name} --storage {shlex.quote(storage.root)}"
@@ -98,13 +124,13 @@ def execute(plan: Plan, storage: Storage, name: str, address: str | None) -> int
     from study.tune.stage import init_ray, shutdown_ray, trial_resources
 
     _, history = _study_history(storage, name)
+    started_ray = init_ray(address)  # first: a study whose cluster cannot be reached is never "running"
     history.append({"started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
                     "address": address or "local"})
     write_study_file(storage, name, StudyState.RUNNING, history)
     events = EventLog(storage, name)
     complete = False
     try:
-        started_ray = init_ray(address)
         try:
             resources = trial_resources(plan)
             encoders, complete = run_pretraining(plan, storage, name, resources, events)
@@ -114,13 +140,13 @@ def execute(plan: Plan, storage: Storage, name: str, address: str | None) -> int
             events.flush()
             if started_ray:
                 shutdown_ray()
-    finally:
+    finally:  # also when an error or a second signal ends the run early
         history[-1]["ended"] = time.time()
         if not complete:
             write_study_file(storage, name, StudyState.INTERRUPTED, history)
+            say(f"study {name} was interrupted; finished trials are kept. Continue it with:\n"
+                f"    {resume_command(storage, name)}")
     if not complete:
-        say(f"study {name} was interrupted; finished trials are kept. Continue it with:\n"
-            f"    {resume_command(storage, name)}")
         return INTERRUPTED_EXIT
     results, audit = check_against_plan(storage, name)
     if not audit.complete:

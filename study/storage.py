@@ -52,6 +52,20 @@ def open_uri(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.FileSystem.from_uri(path_or_uri)
 
 
+def output_folder(path: str | os.PathLike, option: str) -> Path:
+    """A folder to write into, created if needed; one line naming `option` and the path when it cannot be."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise StudyError(f"{option} {folder}: a file is there; expected a folder to write into")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise StudyError(f"{option} {folder}: cannot create the folder ({error.strerror or error})") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise StudyError(f"{option} {folder}: the folder is not writable")
+    return folder
+
+
 def read_text_at(path_or_uri: str) -> str:
     """A file's text by its path or URI (a checkpoint's trial.json, say); a StudyError naming it otherwise."""
     filesystem, path = open_uri(path_or_uri)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,7 @@ MAX_IMAGE_SIDE = 4096
 MAX_EPOCHS = 100_000
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**32 - 1  # numpy's seed range
+DEVICE = re.compile(r"(auto|cpu|cuda(:[0-9]{1,2})?)\Z")
 
 
 def setting(default: Any, doc: str, **metadata: Any) -> Any:
@@ -128,6 +130,8 @@ class TrainConfig:
             raise ConfigError(f"gamma: expected a number in (0, 1], got {self.gamma!r}")
         if not 0 <= self.drop_path < 1:
             raise ConfigError(f"drop_path: expected a number in [0, 1), got {self.drop_path!r}")
+        if not DEVICE.match(str(self.device)):
+            raise ConfigError(f"device: expected auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.pretrain == "imagenet" and self.arch != "fcn_resnet50":
             raise ConfigError(f"pretrain: 'imagenet' weights exist only for fcn_resnet50, not for {self.arch}")
         if self.cuda_graphs and self.compile:

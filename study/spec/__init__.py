@@ -97,6 +97,7 @@ from study.spec._problems import _kind, _Problems
 from study.spec._schema import (
     DEFAULTS,
     MATCH_COLUMNS,
+    MAX_TRIALS,
     NAME,
     TABLE_COLUMNS,
     Configuration,
@@ -214,4 +215,4 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 __all__ = ["load_spec", "loads", "spec_from_dict", "StudySpec", "DatasetSpec", "Dimension", "Configuration",
            "PretrainSpec", "SearcherSpec", "SchedulerSpec", "ResourcesSpec", "RowSpec", "TableSpec", "DEFAULTS",
-           "MATCH_COLUMNS", "TABLE_COLUMNS", "NAME"]
+           "MATCH_COLUMNS", "TABLE_COLUMNS", "NAME", "MAX_TRIALS"]

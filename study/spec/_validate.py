@@ -76,6 +76,11 @@ def _validate(raw: dict, problems: _Problems, environ: Mapping[str, str], overri
     if scheduler.type == "asha" and scheduler.grace_period > epochs:
         problems.add("scheduler.grace_period",
                      f"expected at most train.epochs ({epochs}), got {scheduler.grace_period}")
+    needs_gpu = [c.name for c in configurations if str(c.config.get("device", "auto")).startswith("cuda")]
+    if (needs_gpu or str(_complete(train).get("device")).startswith("cuda")) and not resources.gpu:
+        problems.add("resources.gpu", f"expected a GPU share per trial: trials ask for device cuda "
+                                      f"({', '.join(needs_gpu) or 'train.device'}), but Ray gives a trial no GPU "
+                                      f"with resources.gpu 0")
     planned = len(configurations) * len(seeds)
     if planned > MAX_TRIALS and not allow_large:
         problems.add("space" if space else "configurations",

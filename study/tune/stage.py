@@ -26,18 +26,80 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
+CONNECT_TIMEOUT_VARIABLE = "SEGSTUDY_CONNECT_TIMEOUT"
+CONNECT_TIMEOUT_DEFAULT = 15.0
+
+
+def cluster_address(address: str | None) -> str | None:
+    return address or os.environ.get("RAY_ADDRESS") or None
+
+
+def check_reachable(address: str | None) -> None:
+    """A `host:port` (or ray://host:port) cluster answers within $SEGSTUDY_CONNECT_TIMEOUT seconds, or one line.
+
+    Ray's own connection attempts can wait minutes on an address that does not answer; this
+    check runs before anything of the study is written.
+    """
+    address = cluster_address(address)
+    if not address or address in ("auto", "local"):
+        return
+    import socket
+
+    from study.errors import StudyError
+
+    timeout = connect_timeout()
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise StudyError(f"--address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as error:
+        raise StudyError(f"--address {address}: no Ray cluster answers there within {timeout:g} s "
+                         f"({error.strerror or error}); is `ray start --head` running? "
+                         f"(${CONNECT_TIMEOUT_VARIABLE} sets the wait)") from None
+
+
+def connect_timeout() -> float:
+    from study.errors import StudyError
+
+    text = os.environ.get(CONNECT_TIMEOUT_VARIABLE, str(CONNECT_TIMEOUT_DEFAULT))
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value <= 3600:
+        raise StudyError(f"${CONNECT_TIMEOUT_VARIABLE}={text!r}: expected seconds, more than 0 and at most 3600")
+    return value
+
+
 def init_ray(address: str | None) -> bool:
-    """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it."""
+    """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it.
+
+    A failure to start or join is one line (StudyError), whatever Ray raises.
+    """
     import ray
 
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        say(f"connecting to the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=False)
-        return False
-    # address="local": never join a stale cluster that `ray start` recorded on this machine.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return True
+    from study import signals
+    from study.errors import StudyError
+
+    address = cluster_address(address)
+    try:
+        if address:
+            say(f"connecting to the Ray cluster at {address}")
+            ray.init(address=address, log_to_driver=False)
+            started = False
+        else:
+            # address="local": never join a stale cluster that `ray start` recorded on this machine.
+            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+            started = True
+        signals.install()  # Ray's core replaces our SIGTERM handler with one that aborts the process
+        return started
+    except (KeyboardInterrupt, StudyError):
+        raise
+    except Exception as error:  # Ray raises many types here (ConnectionError, RuntimeError, ValueError, ...)
+        what = f"join the Ray cluster at {address}" if address else "start a local Ray"
+        text = " ".join(str(error).split())[:300] or type(error).__name__
+        raise StudyError(f"cannot {what}: {text}") from None
 
 
 def shutdown_ray() -> None:
@@ -47,10 +109,20 @@ def shutdown_ray() -> None:
 
 
 def trial_resources(plan: Plan) -> dict:
+    """Each trial's share of the cluster; a study that needs a GPU the cluster lacks is refused (one line)."""
     import ray
 
+    from study.errors import StudyError
+
     cpu, gpu = plan.execution.cpu, plan.execution.gpu
-    if gpu and not ray.cluster_resources().get("GPU"):
+    cluster = ray.cluster_resources()
+    if cpu > cluster.get("CPU", 0):
+        raise StudyError(f"resources.cpu: each trial asks for {cpu:g} CPUs but the Ray cluster has "
+                         f"{cluster.get('CPU', 0):g} in all; no trial could start")
+    if gpu and not cluster.get("GPU"):
+        cuda = [c for c in plan.configs() if str(c.get("device", "auto")).startswith("cuda")]
+        if cuda:
+            raise StudyError(f"device: trials ask for device {cuda[0]['device']}, but the Ray cluster has no GPU")
         say(f"the study asks for {gpu} GPU per trial but the cluster has none: running trials on CPU")
         gpu = 0.0
     return {"cpu": cpu, "gpu": gpu}

@@ -7,6 +7,7 @@ only where the files are listed, so that `study data synth` starts quickly.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from trainables.data.classes import CLASS_NAMES as CLASSES
 from trainables.errors import DatasetError
 
 SPLITS = ("trainval", "test")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*\Z")
 CLASS_NAMES = CLASSES["pets"]
 
 EXPECTED_LAYOUT = """\
@@ -41,11 +43,19 @@ def list_samples(root: Path, split: str) -> list[Sample]:
                 hint = f"\n{root} looks like the oxford-iiit-pet folder itself: pass its parent folder, {root.parent}"
             raise DatasetError(
                 f"pets dataset at {root}: {needed} is missing; expected this layout:\n{EXPECTED_LAYOUT}{hint}")
+    try:
+        text = list_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DatasetError(f"{list_file}: not UTF-8 text (byte {error.start}); expected lines "
+                           f"'Name class species breed'") from None
     # torchvision would fail on a malformed line with a bare unpacking error
-    for number, line in enumerate(list_file.read_text().splitlines(), 1):
+    for number, line in enumerate(text.splitlines(), 1):
         fields = line.split()
         if len(fields) != 4 or not all(field.isdigit() for field in fields[1:]):
-            raise DatasetError(f"{list_file}, line {number}: expected 'Name class species breed', got {line!r}")
+            raise DatasetError(f"{list_file}, line {number}: expected 'Name class species breed', got {line!r:.120}")
+        if not SAFE_NAME.match(fields[0]):  # the name becomes a path under images/ and trimaps/: never outside
+            raise DatasetError(f"{list_file}, line {number}: {fields[0]!r:.120} is not an image name (letters, digits "
+                               f"and _ . + - only, no folders); it would name a file outside {base}")
 
     from torchvision.datasets import OxfordIIITPet
 

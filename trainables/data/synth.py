@@ -63,6 +63,7 @@ STREET_COLOURS = {
 }
 FINE_TEXTURE = {SKY: 2, ROAD: 10, SIDEWALK: 6, BUILDING: 8, VEGETATION: 22, TERRAIN: 14, WALL: 5}  # noise, default 6
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
+MAX_PICTURES = 200_000
 VAL_CITIES = ("frankfurt", "lindau", "munster")
 
 
@@ -81,9 +82,14 @@ def synth_dataset(
     """
     if dataset not in ("pets", "cityscapes"):
         raise ConfigError(f"no generator for the dataset {dataset!r}; known: ['pets', 'cityscapes']")
-    if train < 1 or val < 1:
-        raise ConfigError(f"a generated dataset needs at least one train and one val picture, got {train}, {val}")
+    if train < 1 or val < 1 or train + val > MAX_PICTURES:
+        raise ConfigError(f"a generated dataset needs 1 to {MAX_PICTURES:,} train and val pictures in all, "
+                          f"got {train} and {val}")
+    if seed < 0 or seed > 2**32 - 1:
+        raise ConfigError(f"--seed: expected an integer from 0 to {2**32 - 1}, got {seed}")
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder to generate the {dataset} dataset in")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
     if dataset == "pets":
         jobs = _plan_pets(root, train, val, seed, size)
