@@ -6,6 +6,8 @@ record silently losing what it reads from there.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from study.storage import Storage
@@ -33,3 +35,60 @@ def test_error_message_is_the_last_line_of_the_latest_failure():
             "RuntimeError: fault injected at epoch 3\n")
     assert error_message(text) == "RuntimeError: fault injected at epoch 3"
     assert "worker process died" in error_message("Failure # 1\nray.exceptions.ActorDiedError: The actor died")
+
+
+# -- Tune's pickles are checked before a resume hands them to Tune ---------------------------------
+class Planted:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('ran')",))
+
+
+@pytest.fixture
+def stage_copy(tmp_path, finished_tiny_study):
+    import shutil
+
+    shutil.copytree(finished_tiny_study, tmp_path / "studies")
+    return Storage(tmp_path / "studies")
+
+
+def test_a_planted_pickle_in_tunes_state_is_refused_before_tune_loads_it(stage_copy, tmp_path):
+    import json
+    import pickle
+
+    from study.errors import StudyError
+    from study.tune.pickle_guard import check_stage_folder
+
+    marker = tmp_path / "MARKER"
+    check_stage_folder(stage_copy, "t", "main")  # what the project itself saved passes
+    tuner = stage_copy.path("t", "main", "tuner.pkl")
+    original = open(tuner, "rb").read()
+    with open(tuner, "wb") as handle:
+        pickle.dump({"run_config": Planted(marker)}, handle)
+    with pytest.raises(StudyError, match=r"tuner.pkl: Tune's saved state holds a pickle this tool will not load "
+                                         r"\(it names builtins.exec\)"):
+        check_stage_folder(stage_copy, "t", "main")
+    with open(tuner, "wb") as handle:
+        handle.write(original)
+    state_file = next(f for f in stage_copy.list_files("t", "main") if f.startswith("experiment_state"))
+    state = json.loads(stage_copy.read_text("t", "main", state_file))
+    trial = json.loads(state["trial_data"][0][0])
+    trial["placement_group_factory"] = pickle.dumps(Planted(marker), protocol=4).hex()
+    state["trial_data"][0][0] = json.dumps(trial)
+    stage_copy.write_text(json.dumps(state), "t", "main", state_file)
+    with pytest.raises(StudyError, match="it names builtins.exec"):
+        check_stage_folder(stage_copy, "t", "main")
+    assert not marker.exists()
+
+
+def test_a_trials_pickled_error_is_removed_before_a_restore(stage_copy, tmp_path):
+    import pickle
+
+    from study.tune.pickle_guard import check_stage_folder
+
+    planted = Path(stage_copy.path("t", "main", "segformer_scratch-s0", "error.pkl"))
+    planted.write_bytes(pickle.dumps(Planted(tmp_path / "MARKER")))
+    check_stage_folder(stage_copy, "t", "main")
+    assert not planted.exists()  # Tune then reads error.txt, as the record does

@@ -16,6 +16,7 @@ from study.events import EventLog
 from study.plan import Plan, SearchPlan
 from study.storage import Storage
 from study.tune.callback import StudyProgress, attach
+from study.tune.pickle_guard import check_stage_folder
 from trainables.trial import StudyContext, trial_dirname
 
 # Tune's loggers we do not use (CSV, TensorBoard) stay off: result.json is the record.
@@ -158,6 +159,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     attach(stage, events)
     experiment, filesystem = tune_location(storage, name, stage)
     if not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        check_stage_folder(storage, name, stage)  # Tune unpickles its saved state: nothing unexpected in it
         say(f"[{stage}] restoring the experiment at {storage.uri(name, stage)}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=filesystem)

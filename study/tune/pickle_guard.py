@@ -1,0 +1,151 @@
+"""Tune's own saved state, checked before `study resume` hands it back to Tune.
+
+Tune keeps an experiment's state as pickles (tuner.pkl, the searcher's and the scheduler's
+state, objects inside experiment_state-*.json) and unpickles them on restore. A pickle can name
+any function to call, so a study folder on shared disk or in a bucket could run code on the
+machine of whoever resumes it. Before a restore, every pickle Tune would load is read here with
+an unpickler that builds nothing: each global it names must be one of ALLOWED (the classes Tune,
+Optuna and segstudy put there; exact names, never whole modules, since a module such as `ray`
+also holds functions that start processes). Anything else is refused in one line.
+
+A trial's `error.pkl` (Tune's pickled exception, which cloudpickle may fill with code) is never
+checked but removed before a restore: Tune then reads the same error from `error.txt`, which is
+also where the study's record takes it from.
+
+ALLOWED is what the project's own resumed studies hold (grid and Optuna + ASHA, local and S3);
+the end-to-end resume tests fail loudly when a Ray, Optuna or pyarrow upgrade adds a name.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import re
+
+from study.errors import StudyError
+
+ALLOWED = frozenset({
+    "collections.deque", "collections.OrderedDict", "uuid.UUID", "datetime.datetime", "datetime.timedelta",
+    "pyarrow._fs.FileSystem._from_uri", "pyarrow._fs.LocalFileSystem._reconstruct",
+    "pyarrow._s3fs.S3FileSystem._reconstruct",
+    "numpy._core.multiarray._reconstruct", "numpy._core.numeric._frombuffer", "numpy.dtype", "numpy.ndarray",
+    "numpy.random._mt19937.MT19937", "numpy.random._pickle.__bit_generator_ctor",
+    "numpy.random._pickle.__randomstate_ctor", "numpy.random._pickle.__generator_ctor",
+    "ray.air._internal.usage.AirEntrypoint", "ray.train.SyncConfig",
+    "ray.train._internal.checkpoint_manager._CheckpointManager", "ray.train._internal.session._TrainingResult",
+    "ray.train._internal.storage.StorageContext", "ray.train._internal.storage._FilesystemSyncer",
+    "ray.tune.Checkpoint", "ray.tune.CheckpointConfig", "ray.tune.FailureConfig", "ray.tune.RunConfig",
+    "ray.tune.execution.placement_groups.PlacementGroupFactory", "ray.tune.logger.json.JsonLoggerCallback",
+    "ray.tune.schedulers.async_hyperband.AsyncHyperBandScheduler", "ray.tune.schedulers.async_hyperband._Bracket",
+    "ray.tune.schedulers.trial_scheduler.FIFOScheduler", "ray.tune.stopper.noop.NoopStopper",
+    "ray.tune.tune_config.TuneConfig",
+    "optuna.distributions.CategoricalDistribution", "optuna.distributions.FloatDistribution",
+    "optuna.pruners._nop.NopPruner", "optuna.samplers._lazy_random_state.LazyRandomState",
+    "optuna.samplers._random.RandomSampler", "optuna.samplers._tpe.parzen_estimator._ParzenEstimator",
+    "optuna.samplers._tpe.parzen_estimator._ParzenEstimatorParameters", "optuna.samplers._tpe.sampler.TPESampler",
+    "optuna.samplers._tpe.sampler.default_weights", "optuna.search_space.intersection.IntersectionSearchSpace",
+    "optuna.storages._cached_storage._CachedStorage", "optuna.storages._cached_storage._StudyInfo",
+    "optuna.storages._rdb.storage.RDBStorage", "optuna.storages._in_memory.InMemoryStorage",
+    "optuna.storages._in_memory._StudyInfo", "optuna.study._study_direction.StudyDirection",
+    "optuna.study.study.Study", "optuna.trial._frozen.FrozenTrial", "optuna.trial._state.TrialState",
+    "optuna.trial._trial.Trial",
+    "study.tune.callback.StudyProgress", "study.tune.searcher.StudyOptunaSearch", "study.tune.searcher.VariantSpace",
+    "study.tune.stage._trial_dirname",
+})
+HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles inside its JSON (protocol >= 2)
+STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")
+
+
+class _Nothing:
+    """What every allowed global becomes while checking: it builds and calls nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __call__(self, *args, **kwargs):
+        return _Nothing()
+
+    def __setstate__(self, state):
+        pass
+
+    def __setitem__(self, key, value):
+        pass
+
+    def append(self, value):
+        pass
+
+    def extend(self, values):
+        pass
+
+
+class _Checker(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        if f"{module}.{name}" not in ALLOWED:
+            raise pickle.UnpicklingError(f"it names {module}.{name}")
+        return _Nothing
+
+
+def check_pickle(data: bytes, where: str) -> None:
+    """Refuse (StudyError) a pickle that names anything outside ALLOWED, or that cannot be read."""
+    try:
+        _Checker(io.BytesIO(data)).load()
+    except Exception as error:  # anything a crafted pickle makes the reader raise is a refusal
+        raise StudyError(f"{where}: Tune's saved state holds a pickle this tool will not load ({error}); "
+                         f"a damaged or hostile study folder? Nothing of it was run") from None
+
+
+ERROR_PICKLE = "error.pkl"
+
+
+def check_stage_folder(storage, name: str, stage: str) -> None:
+    """Every pickle Tune's restore of this stage would load: the folder's .pkl files and the experiment state.
+
+    The trials' error.pkl files are removed (see the module's docstring).
+    """
+    for trial in storage.list_dirs(name, stage):
+        if storage.exists(name, stage, trial, ERROR_PICKLE):
+            storage.fs.delete_file(storage.path(name, stage, trial, ERROR_PICKLE))
+    for file in storage.list_files(name, stage):
+        where = storage.uri(name, stage, file)
+        if file.endswith(".pkl"):
+            with storage.fs.open_input_stream(storage.path(name, stage, file)) as stream:
+                check_pickle(stream.read(), where)
+        elif STATE_FILE.match(file):
+            _check_experiment_state(storage.read_text(name, stage, file), where)
+
+
+def _check_experiment_state(text: str, where: str) -> None:
+    try:
+        state = json.loads(text)
+        trials = state["trial_data"]
+    except (ValueError, KeyError, TypeError):
+        raise StudyError(f"{where}: Tune's experiment state is damaged; move the stage folder away to start the "
+                         f"stage afresh (finished trials are kept in it)") from None
+    for blob in _embedded(state.get("runner_data")):
+        check_pickle(blob, where)
+    for trial_json, metadata_json in trials:
+        for blob in [*_embedded(_json(trial_json, where)), *_embedded(_json(metadata_json, where))]:
+            check_pickle(blob, where)
+
+
+def _json(text, where: str) -> dict:
+    try:
+        value = json.loads(text) if isinstance(text, str) else text
+    except ValueError:
+        raise StudyError(f"{where}: Tune's experiment state is damaged") from None
+    if not isinstance(value, dict):
+        raise StudyError(f"{where}: Tune's experiment state is damaged")
+    return value
+
+
+def _embedded(value):
+    """The pickles inside Tune's JSON: CLOUDPICKLE_FALLBACK values and hex-encoded fields."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from _embedded(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _embedded(item)
+    elif isinstance(value, str) and HEX_PICKLE.match(value) and len(value) % 2 == 0:
+        yield bytes.fromhex(value)
