@@ -1,206 +1,186 @@
-"""Per-trial scheduling overhead: `study run search_spaces/smoke.yaml` against bare Ray Tune.
+"""Per-trial cost of the study service against bare Ray Tune doing the same training, like for like.
 
-Study: the wall time of `study run search_spaces/smoke.yaml` (a fresh process, embedded
-local Ray, both stages), minus the sum of its trials' own training time (the
-`epoch_seconds` of every epoch in the exported epochs), divided by its number of trials.
-The smoke datasets are generated and cached beforehand, so the timed run finds them ready.
+Both sides run N tiny trials (SegFormer-B0, 1 epoch on 8 generated pictures at 32x32: about a
+second of training each), one at a time, with the same Tune settings (one CPU per trial,
+max_concurrent_trials=1, reuse_actors=True), each in a fresh process with an embedded Ray:
 
-Bare Tune: a fresh process that starts an embedded Ray (`ray.init(address="local")`)
-and runs the same number of trivial trials (a function trainable that imports torch
-and reports once) with Tune's default settings; its wall time divided by the trials.
+- study: `study run` of a generated one-configuration study file with N seeds;
+- bare Tune: a function trainable calling the same `trainables.engine.fit` with the same
+  TrainConfig and `tune.report` per epoch (no checkpoints, no event log, no record).
 
-Both run in one invocation, one after the other, each in its own storage folder
-(removed afterwards unless --keep).
+For several N (default 4, 8, 16), interleaved (study N, bare N, study N', bare N', ...) and repeated
+(--repeats), the wall time of each process is taken. Per repeat, a least-squares line of wall time
+against N gives each side's marginal cost per added trial (the slope) and its fixed cost (the
+intercept: Ray start-up to the first trial and shut-down); min and median over repeats are reported.
+The study also records each trial's worker memory (worker_rss_mib) and checkpoint bytes.
 
-    python benchmarks/overhead.py [--spec search_spaces/smoke.yaml] [--keep]
+    python benchmarks/overhead.py [--sizes 4 8 16] [--repeats 3]
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
+import statistics
 import sys
 import time
+from pathlib import Path
 
 from common import (
     REPO,
     WORK,
-    first_line,
+    generated_dataset,
     load_note,
     machine,
     machine_line,
-    run_timed,
     say,
-    stage_end,
     study_command,
     study_env,
     table,
     write_results,
 )
 
+SETTINGS = {"arch": "segformer_b0", "dataset": "pets", "image_size": [32, 32], "epochs": 1, "batch_size": 8,
+            "val_interval": 1, "max_train_samples": 8, "max_val_samples": 4}
 
-# -- bare Tune (runs in its own process: `overhead.py --bare-tune N --storage DIR`) ----------
-def trivial_trial(config):
-    import ray
-    import torch
+
+def study_file(folder: Path, data_root: Path, trials: int) -> Path:
+    import yaml
+
+    spec = {"name": f"overhead{trials}", "datasets": {"pets": {"root": str(data_root)}},
+            "train": {k: v for k, v in SETTINGS.items() if k != "arch"},
+            "configurations": [{"name": "tiny", "arch": SETTINGS["arch"]}], "seeds": trials,
+            "resources": {"cpu": 1, "gpu": 0}, "max_concurrent": 1, "max_failures": 0}
+    path = folder / f"overhead{trials}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+# -- bare Tune (in its own process: `overhead.py --bare N --data DIR --storage DIR`) ----------------
+def bare_trial(config):
     from ray import tune
 
-    tune.report({"torch_threads": torch.get_num_threads(),
-                 "assigned_cpu": ray.get_runtime_context().get_assigned_resources().get("CPU", 0.0)})
+    from trainables.config import TrainConfig
+    from trainables.engine import fit
+
+    settings = TrainConfig.from_dict({**SETTINGS, "data_root": config["data_root"], "seed": config["seed"],
+                                      "num_threads": 1})
+    fit(settings, on_epoch_end=lambda record, snapshot: tune.report({"epoch": record["epoch"]}), reuse_data=True)
 
 
-def bare_tune(trials: int, storage: str) -> int:
-    started = time.perf_counter()
+def bare_tune(trials: int, data_root: str, storage: str) -> int:
     import ray
     from ray import tune
 
-    imported = time.perf_counter()
-    ray.init(address="local", include_dashboard=False)
-    initialised = time.perf_counter()
-    tuner = tune.Tuner(trivial_trial, param_space={"index": tune.grid_search(list(range(trials)))},
-                       run_config=tune.RunConfig(name="bare", storage_path=storage))
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    trainable = tune.with_resources(bare_trial, {"cpu": 1})
+    tuner = tune.Tuner(trainable, param_space={"seed": tune.grid_search(list(range(trials))), "data_root": data_root},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=1, reuse_actors=True),
+                       run_config=tune.RunConfig(name="bare", storage_path=storage, verbose=0))
     grid = tuner.fit()
-    fitted = time.perf_counter()
-    frame = grid.get_dataframe()
     ray.shutdown()
-    print("BARE-TUNE " + json.dumps({
-        "import_seconds": imported - started, "ray_init_seconds": initialised - imported,
-        "fit_seconds": fitted - initialised, "errors": len(grid.errors), "trials": len(frame),
-        "torch_threads": sorted(set(frame["torch_threads"].tolist())) if "torch_threads" in frame else [],
-        "assigned_cpu": sorted(set(frame["assigned_cpu"].tolist())) if "assigned_cpu" in frame else [],
-    }), flush=True)
-    return 0
+    return 1 if grid.errors else 0
 
 
-# -- the study ---------------------------------------------------------------------------
-def prepare_smoke_data(spec_path: str, data_root) -> list[str]:
-    """Generate the study's datasets and build their caches now, as `study run` would, outside the timing."""
-    from study.plan import make_plan
-    from study.runner import build_caches, generate_missing_datasets
-    from study.spec import load_spec
-    from trainables.data import dataset_fingerprint
+# -- one timed process per side and size ------------------------------------------------------------
+def timed(command: list[str]) -> float:
+    import subprocess
 
-    spec = load_spec(spec_path)
-    overrides = [f"datasets.{name}.root={data_root / name}" for name in spec.used_datasets()]
-    spec = load_spec(spec_path, overrides=overrides)
-    generate_missing_datasets(spec)
-    build_caches(make_plan(spec, dataset_fingerprint, study_name="overhead"))
-    return overrides
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=study_env(), capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        say(done.stderr[-3000:])
+        raise SystemExit(f"{command[:4]} failed with exit status {done.returncode}")
+    return seconds
 
 
-def phases(lines: list, wall: float) -> dict:
-    planned = first_line(lines, "study overhead:")
-    pre_start = first_line(lines, "[pretrain] started")
-    pre_end = stage_end(lines, "pretrain")
-    main_start = first_line(lines, "[main] started")
-    main_end = stage_end(lines, "main")
-    result = {"to_plan_written": planned, "first_pretrain_trial_started": pre_start, "pretrain_ended": pre_end,
-              "first_main_trial_started": main_start, "main_ended": main_end, "process_exit": wall}
-    return {key: (round(value, 2) if value is not None else None) for key, value in result.items()}
+def line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line through (n, seconds)."""
+    ns, ys = [n for n, _ in points], [y for _, y in points]
+    mean_n, mean_y = statistics.fmean(ns), statistics.fmean(ys)
+    slope = sum((n - mean_n) * (y - mean_y) for n, y in points) / sum((n - mean_n) ** 2 for n in ns)
+    return slope, mean_y - slope * mean_n
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--spec", default="search_spaces/smoke.yaml")
-    parser.add_argument("--keep", action="store_true", help="keep the study and Tune folders under benchmarks/.work")
-    parser.add_argument("--bare-tune", type=int, metavar="N", help=argparse.SUPPRESS)
+def study_footprint(storage: Path, name: str) -> dict:
+    """Worker memory per trial (in the order they ran) and checkpoint bytes of the finished trials."""
+    sys.path.insert(0, str(REPO))
+    from study.results import load_results
+    from study.storage import Storage
+
+    rows = [r for r in load_results(Storage(storage), name).rows if r["stage"] == "main"]
+    rows.sort(key=lambda r: r["trial_id"])
+    checkpoint_bytes = [sum(f.stat().st_size for f in Path(r["checkpoint"]).iterdir()) for r in rows]
+    weights_bytes = [Path(r["weights_final"]).stat().st_size for r in rows]
+    return {"worker_rss_mib": [r["worker_rss_mib"] for r in rows], "checkpoint_bytes": checkpoint_bytes,
+            "final_weights_bytes": weights_bytes}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 8, 16])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--bare", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--storage", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.bare_tune:
-        return bare_tune(args.bare_tune, args.storage)
+    args = parser.parse_args()
+    if args.bare:
+        return bare_tune(args.bare, args.data, args.storage)
 
-    run_dir = WORK / f"overhead-{time.strftime('%Y%m%d-%H%M%S')}"
-    say("preparing the smoke datasets and caches (not timed)")
-    overrides = prepare_smoke_data(args.spec, WORK / "smoke-data")
-
-    # -- the study service -------------------------------------------------------------
-    storage = run_dir / "studies"
-    command = study_command() + ["run", args.spec, "--storage", str(storage), "--name", "overhead"]
-    for override in overrides:
-        command += ["--set", override]
-    say("timing: " + " ".join(command))
-    study = run_timed(command, run_dir / "study.log", env=study_env())
-    if study["returncode"] != 0:
-        say(f"the study failed (exit {study['returncode']}); see {run_dir / 'study.log'}")
-        return 1
-    from study.api import load_study
-
-    trials, epochs = load_study("overhead", storage=str(storage))
-    finished = trials[trials["status"] == "finished"]
-    n_trials = len(finished)
-    train_seconds = float(epochs["epoch_seconds"].sum())
-    by_stage = {stage: float(epochs.loc[epochs["stage"] == stage, "epoch_seconds"].sum())
-                for stage in ("pretrain", "main")}
-    counts = {stage: int((finished["stage"] == stage).sum()) for stage in ("pretrain", "main")}
-    from study.spec import load_spec
-
-    concurrency = load_spec(args.spec).max_concurrent or 1
-    study_wall = study["wall_seconds"]
-    study_overhead = (study_wall - train_seconds) / n_trials
-    # If the concurrent main trials' training overlapped perfectly, the wall clock held only 1/concurrency of it.
-    packed_train = by_stage["pretrain"] + by_stage["main"] / concurrency
-    study_overhead_packed = (study_wall - packed_train) / n_trials
-
-    # -- bare Ray Tune, same number of trivial trials ------------------------------------
-    command = [sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--bare-tune", str(n_trials),
-               "--storage", str(run_dir / "bare")]
-    say("timing: " + " ".join(command))
-    bare = run_timed(command, run_dir / "bare.log", env=study_env(), echo=False)
-    if bare["returncode"] != 0:
-        say(f"bare Tune failed (exit {bare['returncode']}); see {run_dir / 'bare.log'}")
-        return 1
-    bare_info = json.loads(next(text for _, text in bare["lines"] if text.startswith("BARE-TUNE "))[len("BARE-TUNE "):])
-    bare_wall = bare["wall_seconds"]
-    bare_overhead = bare_wall / n_trials
-
-    info = machine("cpu")
-    met = study_overhead < bare_overhead
-    data = {
-        "benchmark": "overhead",
-        "machine": info,
-        "settings": {"spec": args.spec, "trials": n_trials, "trials_by_stage": counts, "max_concurrent": concurrency},
-        "study": {"wall_seconds": study_wall, "train_seconds": train_seconds, "train_seconds_by_stage": by_stage,
-                  "per_trial_overhead_seconds": study_overhead,
-                  "per_trial_overhead_seconds_if_training_overlapped": study_overhead_packed,
-                  "timeline_seconds": phases(study["lines"], study_wall),
-                  "trial_wall_seconds": finished[["trial_key", "wall_seconds"]].to_dict(orient="records")},
-        "bare_tune": {"wall_seconds": bare_wall, "per_trial_overhead_seconds": bare_overhead, **bare_info},
-        "target": "study per-trial overhead below bare Tune's",
-        "target_met": met,
-    }
-    rows = [
-        [f"`study run {args.spec}` ({counts['pretrain']} pretraining + {counts['main']} main trials, "
-         f"max_concurrent {concurrency}, reuse_actors)", f"{study_wall:.1f}", f"{train_seconds:.1f}",
-         f"**{study_overhead:.2f}**", f"{study_overhead_packed:.2f}"],
-        [f"bare Ray Tune, {n_trials} trivial trials (import torch, report once), default settings",
-         f"{bare_wall:.1f}", "0", f"**{bare_overhead:.2f}**", ""],
-    ]
-    timeline = data["study"]["timeline_seconds"]
+    data_root = generated_dataset("pets", 8, 4, image_size=(32, 32))
+    work = WORK / "overhead"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    runs = {"study": [], "bare": []}
+    footprint = None
+    for repeat in range(args.repeats):
+        for n in args.sizes:
+            storage = work / f"study-{repeat}-{n}"
+            spec = study_file(work, data_root, n)
+            seconds = timed([*study_command(), "run", str(spec), "--storage", str(storage)])
+            runs["study"].append({"repeat": repeat, "trials": n, "seconds": seconds})
+            if n == max(args.sizes) and footprint is None:
+                footprint = study_footprint(storage, f"overhead{n}")
+            shutil.rmtree(storage, ignore_errors=True)
+            bare = timed([sys.executable, __file__, "--bare", str(n), "--data", str(data_root),
+                          "--storage", str(work / f"bare-{repeat}-{n}")])
+            runs["bare"].append({"repeat": repeat, "trials": n, "seconds": bare})
+            say(f"repeat {repeat + 1}, {n} trials: study {seconds:.1f} s, bare Tune {bare:.1f} s")
+    fits = {side: [line_fit([(r["trials"], r["seconds"]) for r in runs[side] if r["repeat"] == k])
+                   for k in range(args.repeats)] for side in runs}
+    summary = {side: {"slope_min": min(f[0] for f in fits[side]),
+                      "slope_median": statistics.median(f[0] for f in fits[side]),
+                      "intercept_min": min(f[1] for f in fits[side]),
+                      "intercept_median": statistics.median(f[1] for f in fits[side])} for side in fits}
+    differences = [a[0] - b[0] for a, b in zip(fits["study"], fits["bare"])]
+    summary["extra_per_trial"] = {"min": min(differences), "median": statistics.median(differences)}
+    rss = [m for m in footprint["worker_rss_mib"] if m is not None]
+    growth = (max(rss[1:]) - rss[1]) / rss[1] if len(rss) > 2 else None
+    info = machine()
+    data = {"machine": info, "settings": {**SETTINGS, "sizes": args.sizes, "repeats": args.repeats,
+                                          "max_concurrent": 1, "reuse_actors": True},
+            "runs": runs, "fits": fits, "summary": summary, "footprint": footprint,
+            "worker_rss_growth_after_first": growth}
+    rows = [[side, f"{summary[side]['slope_min']:.2f} / {summary[side]['slope_median']:.2f}",
+             f"{summary[side]['intercept_min']:.1f} / {summary[side]['intercept_median']:.1f}"]
+            for side in ("study", "bare")]
+    extra = summary["extra_per_trial"]
+    rows.append(["study − bare", f"{extra['min']:.2f} / {extra['median']:.2f}", ""])
+    checkpoint = footprint["checkpoint_bytes"][0] / footprint["final_weights_bytes"][0]
     write_results("overhead", data, [
-        "# Per-trial overhead of the study service on CPU",
-        f"Machine: {machine_line(info)}. Device: cpu.",
-        table(["run", "wall s", "trials' training s", "overhead s/trial", "s/trial if concurrent training overlapped"],
-              rows),
-        f"Target (study overhead below bare Tune's): {'met' if met else 'missed'}.",
-        "Overhead = (wall time of the fresh process - sum of the trials' epoch_seconds) / trials. The study's "
-        "overhead includes everything but the epochs: Python and torch imports, planning, Ray start-up, two Tune "
-        "experiments, model building, loading data to the device, checkpoints (every validation) and the encoder "
-        "artifact. The last column divides the main trials' training time by max_concurrent, as if the two "
-        "concurrent trials' epochs overlapped perfectly (an upper bound on the overhead).",
-        f"Study timeline (s since start): plan written {timeline['to_plan_written']}, first pretraining trial "
-        f"started {timeline['first_pretrain_trial_started']}, pretraining done {timeline['pretrain_ended']}, "
-        f"first main trial started {timeline['first_main_trial_started']}, main done {timeline['main_ended']}, "
-        f"exit {timeline['process_exit']}. Bare Tune: imports {bare_info['import_seconds']:.1f} s, ray.init "
-        f"{bare_info['ray_init_seconds']:.1f} s, Tuner.fit {bare_info['fit_seconds']:.1f} s; torch threads in "
-        f"its trials {bare_info['torch_threads']}, assigned CPUs {bare_info['assigned_cpu']}.",
-        load_note(info),
-        "Command: `make bench-overhead` (`python benchmarks/overhead.py`).",
+        "# Per-trial cost: the study service against bare Ray Tune doing the same training",
+        machine_line(info), load_note(info),
+        f"N = {args.sizes} trials of one epoch on 8 pictures, one at a time, reused workers, fresh processes, "
+        f"{args.repeats} repeats interleaved. Seconds, min / median over repeats.",
+        table(["side", "marginal cost per added trial (s)", "fixed cost (s)"], rows),
+        f"Worker memory per trial, in the order they ran (MiB): {', '.join(f'{m:.0f}' for m in rss)}; "
+        f"growth after the first: {100 * growth:.1f}%." if growth is not None else "",
+        f"A finished trial's checkpoint: {footprint['checkpoint_bytes'][0]:,} bytes, {checkpoint:.2f}x its final "
+        f"weights ({footprint['final_weights_bytes'][0]:,} bytes).",
     ])
-    if not args.keep:
-        shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main())

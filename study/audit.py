@@ -8,9 +8,8 @@ each planned trial ended exactly once and says which did not.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
-
-import pandas as pd
 
 from study.plan import Plan
 from study.record import ENDED
@@ -44,16 +43,16 @@ class Audit:
         return lines
 
 
-def audit_study(plan: Plan, trials: pd.DataFrame) -> Audit:
+def audit_study(plan: Plan, rows: list[dict]) -> Audit:
+    """`rows`: the study's trial rows (StudyResults.rows)."""
     ended_states = {state.value for state in ENDED}
-    ran = trials[trials["trial_id"].notna()]
-    ended = ran[ran["status"].isin(ended_states)]
-    ended_keys = set(ended["trial_key"])
+    ran = [row for row in rows if row.get("trial_id") is not None]
+    ended = [row for row in ran if row["status"] in ended_states]
+    ended_keys = {row["trial_key"] for row in ended}
     planned = [job.trial_key for job in plan.pretrain_jobs] + [trial.trial_key for trial in plan.trials]
     missing = [key for key in planned if key not in ended_keys]
-    counts = ran.groupby("trial_key").size()
-    duplicated = {str(key): int(n) for key, n in counts.items() if n > 1}
+    duplicated = {key: n for key, n in Counter(row["trial_key"] for row in ran).items() if n > 1}
     if plan.search is None:
         return Audit(missing=missing, duplicated=duplicated)
-    samples = int((ended["stage"] == "main").sum())
+    samples = sum(1 for row in ended if row["stage"] == "main")
     return Audit(missing=missing, duplicated=duplicated, samples_ended=samples, samples_planned=plan.search.num_samples)

@@ -45,7 +45,7 @@ def export_study(storage: Storage, name: str, out_dir) -> list[Path]:
     results = load_results(storage, name)
     out = Path(out_dir)
     metadata = export_metadata(results)
-    iou = iou_columns(len([c for c in results.epochs.columns if c.startswith("val_iou_")]))
+    iou = iou_columns(results.iou_count)
     return [write_parquet_atomic(arrow_table(results.trials, TRIAL_COLUMNS, metadata), out / TRIALS_FILE),
             write_parquet_atomic(arrow_table(results.epochs, EPOCH_COLUMNS + iou, metadata), out / EPOCHS_FILE)]
 

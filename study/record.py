@@ -17,8 +17,6 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-import pandas as pd
-
 from trainables.config import CHOICES
 from trainables.config import FIELDS as SETTING_FIELDS
 from trainables.records import FIELDS as EPOCH_FIELDS
@@ -122,6 +120,7 @@ EXECUTION_COLUMNS = (
     Column("hostname", STRING, "host name of that node", "execution"),
     Column("run_device", STRING, "device it trained on: cpu or cuda", "execution"),
     Column("run_threads", INT, "torch threads it trained with", "execution"),
+    Column("worker_rss_mib", FLOAT, "resident memory of its worker process at its last report, MiB", "execution"),
     Column("checkpoint", STRING, "its newest checkpoint folder (path or URI)", "execution"),
     Column("weights_final", STRING, "weights after its last epoch (safetensors; finished trials)", "execution"),
     Column("weights_best", STRING, "weights of its best validated epoch (safetensors; = weights_final when that "
@@ -184,8 +183,10 @@ def settings_from_row(row: dict) -> dict:
     return settings
 
 
-def typed_frame(rows: list[dict], columns: tuple[Column, ...]) -> pd.DataFrame:
-    """The columns in order and with their types; a column no row has is all null."""
+def typed_frame(rows: list[dict], columns: tuple[Column, ...]):
+    """The columns in order and with their types, as a pandas DataFrame; a column no row has is all null."""
+    import pandas as pd
+
     data = {}
     for column in columns:
         values = [row.get(column.name) for row in rows]
@@ -193,7 +194,9 @@ def typed_frame(rows: list[dict], columns: tuple[Column, ...]) -> pd.DataFrame:
     return pd.DataFrame(data, index=pd.RangeIndex(len(rows)))
 
 
-def _typed(values: list, kind: str) -> pd.Series:
+def _typed(values: list, kind: str):
+    import pandas as pd
+
     if kind == STRING:
         return pd.Series([None if _missing(v) else str(v) for v in values], dtype="string")
     if kind == BOOL:
@@ -204,7 +207,7 @@ def _typed(values: list, kind: str) -> pd.Series:
 
 
 def _missing(value: Any) -> bool:
-    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
+    return value is None or (isinstance(value, float) and math.isnan(value)) or type(value).__name__ == "NAType"
 
 
 # -- table matching: one comparison for the spec's check and the report --------------------------
@@ -220,9 +223,11 @@ def same_value(actual: Any, expected: Any) -> bool:
     return str(actual) == str(expected)
 
 
-def matching_mask(frame: pd.DataFrame, match: dict) -> pd.Series:
-    """Rows whose every `match` column equals the expected value (numbers with a tolerance); vectorised."""
+def matching_mask(frame, match: dict):
+    """Rows of a DataFrame whose every `match` column equals the expected value (numbers with a tolerance);
+    vectorised."""
     import numpy as np
+    import pandas as pd
 
     mask = np.ones(len(frame), dtype=bool)
     for name, expected in match.items():

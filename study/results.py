@@ -17,8 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-
-import pandas as pd
+from functools import cached_property
 
 from study.errors import StudyError
 from study.events import EVENTS_FILE, TrialView, replay
@@ -60,15 +59,29 @@ TUNE_EPOCH_KEYS = ("time_total_s",)
 
 @dataclass(frozen=True)
 class StudyResults:
+    """The record of one study. `rows` and `epoch_rows` are plain dicts (what `status` reads, without
+    pandas); `trials` and `epochs` are the same as typed DataFrames, built on first use."""
+
     name: str
     plan: Plan
-    trials: pd.DataFrame  # study.record.TRIAL_COLUMNS
-    epochs: pd.DataFrame  # study.record.EPOCH_COLUMNS, then val_iou_0 ... val_iou_{K-1}
+    rows: list  # one dict per trial, keyed by the columns of study.record.TRIAL_COLUMNS, sorted by stage and key
+    epoch_rows: list  # one dict per trial and epoch
+    iou_count: int  # val_iou_0 ... val_iou_{K-1}
     state: StudyState
     notes: tuple  # damage found in the study's files and what was done about it, one line each
     views: dict  # (stage, trial folder) -> events.TrialView: what the drivers saw
     driver: dict | None  # the live driver ({pid, host, since}), None when none runs the study
     history: tuple = ()  # the drivers that ran it (study.json)
+
+    @cached_property
+    def trials(self):
+        """study.record.TRIAL_COLUMNS, typed."""
+        return typed_frame(self.rows, TRIAL_COLUMNS)
+
+    @cached_property
+    def epochs(self):
+        """study.record.EPOCH_COLUMNS, then val_iou_0 ... val_iou_{K-1}, typed."""
+        return typed_frame(self.epoch_rows, EPOCH_COLUMNS + iou_columns(self.iou_count))
 
 
 def load_results(storage: Storage, name: str) -> StudyResults:
@@ -93,17 +106,13 @@ def load_results(storage: Storage, name: str) -> StudyResults:
                 epoch_rows.extend(epochs)
     _add_reused_pretraining(storage, name, plan, trial_rows, epoch_rows, notes)
     _add_pending(plan, trial_rows, name)
-    trials = typed_frame(trial_rows, TRIAL_COLUMNS)
-    if not trials.empty:
-        order = trials["stage"].map(lambda s: STAGES.index(s) if s in STAGES else len(STAGES))
-        trials = trials.assign(_order=order).sort_values(["_order", "trial_key"], kind="stable")
-        trials = trials.drop(columns="_order").reset_index(drop=True)
-    epochs = typed_frame(epoch_rows, EPOCH_COLUMNS + iou_columns(_class_count(plan, epoch_rows)))
-    if not epochs.empty:
-        epochs = epochs.sort_values(["stage", "trial_id", "epoch"], ignore_index=True, kind="stable")
-    state = study_state(plan, trials, study_file, driver)
-    return StudyResults(name=name, plan=plan, trials=trials, epochs=epochs, state=state, notes=tuple(notes),
-                        views=views, driver=driver, history=tuple(study_file.get("history", ())))
+    trial_rows.sort(key=lambda r: (STAGES.index(r["stage"]) if r["stage"] in STAGES else len(STAGES),
+                                   str(r["trial_key"])))
+    epoch_rows.sort(key=lambda r: (str(r["stage"]), str(r["trial_id"]), r["epoch"]))
+    state = study_state(plan, trial_rows, study_file, driver)
+    return StudyResults(name=name, plan=plan, rows=trial_rows, epoch_rows=epoch_rows,
+                        iou_count=_class_count(plan, epoch_rows), state=state, notes=tuple(notes), views=views,
+                        driver=driver, history=tuple(study_file.get("history", ())))
 
 
 def read_events(storage: Storage, name: str) -> tuple[dict, list[str]]:
@@ -115,16 +124,16 @@ def read_events(storage: Storage, name: str) -> tuple[dict, list[str]]:
         return {}, [f"{error}; the trial folders decide the trials' states"]
 
 
-def study_state(plan: Plan, trials: pd.DataFrame, study_file: dict, driver: dict | None) -> StudyState:
+def study_state(plan: Plan, rows: list[dict], study_file: dict, driver: dict | None) -> StudyState:
     """Running while a driver holds the lock; otherwise what study.json says, checked against the trials."""
     if driver is not None:
         return StudyState.RUNNING
     recorded = study_file.get("state")
-    if recorded == StudyState.PLANNED.value or (recorded is None and trials["trial_id"].isna().all()):
+    if recorded == StudyState.PLANNED.value or (recorded is None and all(r.get("trial_id") is None for r in rows)):
         return StudyState.PLANNED
     from study.audit import audit_study
 
-    if audit_study(plan, trials).complete:
+    if audit_study(plan, rows).complete:
         return StudyState.FINISHED
     if recorded == StudyState.INCOMPLETE.value:
         return StudyState.INCOMPLETE
@@ -179,7 +188,7 @@ def _read_trial(storage: Storage, name: str, stage: str, directory: str, plan: P
            "diverged_epoch": next((e["epoch"] for e in epochs if e.get("diverged")), None),
            "wall_seconds": last.get("time_total_s"), "node_ip": last.get("node_ip") or (view.node_ip if view else None),
            "hostname": last.get("hostname"), "run_device": last.get("run_device"),
-           "run_threads": last.get("run_threads"), "error": error,
+           "run_threads": last.get("run_threads"), "worker_rss_mib": last.get("worker_rss_mib"), "error": error,
            "attempts": view.attempts if view and view.attempts else tune.attempts(directory),
            "checkpoint": storage.uri(*folder, checkpoint) if checkpoint else None,
            "path": where, "reused": False, "notes": "; ".join(notes) or None}

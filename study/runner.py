@@ -65,7 +65,7 @@ def resume_study(storage: Storage, name: str, address: str | None = None) -> int
         results = load_results(storage, name)
         for note in results.notes:
             say(f"note: {note}")
-        if audit_study(plan, results.trials).complete:
+        if audit_study(plan, results.rows).complete:
             _, history = _study_history(storage, name)
             write_study_file(storage, name, StudyState.FINISHED, history)
             say(f"study {name} is already finished; nothing to resume (see `study status {name}`)")
@@ -161,7 +161,7 @@ def execute(plan: Plan, storage: Storage, name: str, address: str | None) -> int
 def check_against_plan(storage: Storage, name: str) -> tuple[StudyResults, Audit]:
     """Each planned trial ended exactly once? Prints the outcome by state and anything amiss."""
     results = load_results(storage, name)
-    audit = audit_study(results.plan, results.trials)
+    audit = audit_study(results.plan, results.rows)
     ran = results.trials[results.trials["trial_id"].notna()]
     for stage in (Stage.PRETRAIN.value, Stage.MAIN.value):
         counts = ran.loc[ran["stage"] == stage, "status"].value_counts()
@@ -224,7 +224,7 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
         if run_stage(plan, storage, name, "main", None, resources, encoders, events)[1]:
             return False
         results = load_results(storage, name)
-        audit = audit_study(plan, results.trials)
+        audit = audit_study(plan, results.rows)
         if audit.complete:
             sync_optuna_study(plan, storage, name, results.trials)
         return audit.complete

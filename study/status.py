@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 
 from study.record import Stage, TrialState
 from study.results import StudyResults, load_results
@@ -14,27 +15,30 @@ def status_summary(storage: Storage, name: str) -> dict:
 
 
 def summarize(results: StudyResults, where: str) -> dict:
-    trials = results.trials
+    """Counts by stage and state, the best main trial so far, errors and notes: from the record's rows (no pandas)."""
+    rows = results.rows
     summary = {"study": results.name, "state": results.state.value, "storage": where, "stages": {}, "best": None,
                "errors": [], "notes": list(results.notes), "driver": results.driver}
     for stage in (Stage.PRETRAIN.value, Stage.MAIN.value):
-        group = trials[trials["stage"] == stage]
-        if group.empty:
-            continue
-        counts = group["status"].value_counts().to_dict()
-        summary["stages"][stage] = {state.value: int(counts[state.value]) for state in TrialState
-                                    if counts.get(state.value)}
+        counts = Counter(row["status"] for row in rows if row["stage"] == stage)
+        if counts:
+            summary["stages"][stage] = {state.value: counts[state.value] for state in TrialState if counts[state.value]}
     if results.plan.search is not None:
-        started = int(((trials["stage"] == "main") & trials["trial_id"].notna()).sum())
+        started = sum(1 for row in rows if row["stage"] == "main" and row.get("trial_id") is not None)
         summary["stages"].setdefault("main", {})["not_started"] = max(0, results.plan.search.num_samples - started)
-    main = trials[(trials["stage"] == "main") & trials["best_val_miou"].notna()]
-    if not main.empty:
-        best = main.loc[main["best_val_miou"].astype(float).idxmax()]
+    scored = [row for row in rows if row["stage"] == "main" and _finite(row.get("best_val_miou"))]
+    if scored:
+        best = max(scored, key=lambda row: row["best_val_miou"])
         summary["best"] = {"trial_key": best["trial_key"], "best_val_miou": float(best["best_val_miou"]),
                            "best_epoch": int(best["best_epoch"]), "status": best["status"]}
-    for row in trials[trials["status"] == TrialState.ERRORED.value].to_dict("records"):
-        summary["errors"].append({"trial_key": row["trial_key"], "error": row["error"] or "unknown error"})
+    for row in rows:
+        if row["status"] == TrialState.ERRORED.value:
+            summary["errors"].append({"trial_key": row["trial_key"], "error": row.get("error") or "unknown error"})
     return summary
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def listed_state(storage: Storage, name: str) -> str:

@@ -194,10 +194,25 @@ def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
     return epoch % config.val_interval == 0 or epoch == config.epochs
 
 
-def load_device_split(config: TrainConfig, split: str, device: torch.device, max_samples: int | None) -> DeviceSplit:
+# The splits of the last run in this process, kept when `fit(..., reuse_data=True)`: a worker that Ray
+# reuses for trial after trial on the same data loads and copies it to the device once.
+_LAST_SPLITS: dict[tuple, DeviceSplit] = {}
+
+
+def load_device_split(config: TrainConfig, split: str, device: torch.device, max_samples: int | None,
+                      reuse: bool = False) -> DeviceSplit:
+    key = (config.dataset, config.data_root, split, tuple(config.image_size), config.cache_dir, max_samples,
+           str(device), config.channels_last)
+    if reuse and key in _LAST_SPLITS:
+        return _LAST_SPLITS[key]
     arrays = load_split(config.dataset, config.data_root, split, config.image_size, config.cache_dir,
                         max_samples=max_samples)
-    return DeviceSplit(arrays.images, arrays.masks, device, channels_last=config.channels_last)
+    data = DeviceSplit(arrays.images, arrays.masks, device, channels_last=config.channels_last)
+    if reuse:
+        if len(_LAST_SPLITS) >= 2:  # a train and a val split: what one run needs
+            _LAST_SPLITS.clear()
+        _LAST_SPLITS[key] = data
+    return data
 
 
 def fit(
@@ -206,8 +221,13 @@ def fit(
     on_epoch_end: EpochCallback | None = None,
     resume_state: dict | None = None,
     log: Callable[[str], None] | None = None,
+    reuse_data: bool = False,
 ) -> FitResult:
-    """Train `config.epochs` epochs (or the rest of them after `resume_state`)."""
+    """Train `config.epochs` epochs (or the rest of them after `resume_state`).
+
+    `reuse_data`: keep this run's device splits for the next run in this process on the same data
+    (they are read-only while training: batches are gathered copies).
+    """
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -216,8 +236,8 @@ def fit(
 
     model = build_model(config).to(device)  # first: missing weights fail before any data work
     train_split, val_split = SPLITS[config.dataset]
-    train_data = load_device_split(config, train_split, device, config.max_train_samples)
-    val_data = load_device_split(config, val_split, device, config.max_val_samples)
+    train_data = load_device_split(config, train_split, device, config.max_train_samples, reuse_data)
+    val_data = load_device_split(config, val_split, device, config.max_val_samples, reuse_data)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, trainable_parameters(model), device)

@@ -59,7 +59,7 @@ def train_trial(config: dict, context: StudyContext) -> None:
     last_val: dict = {}
 
     def on_epoch_end(record: dict, snapshot) -> None:
-        metrics = trial_report(record, identity, execution, last_val)
+        metrics = trial_report(record, identity, {**execution, "worker_rss_mib": resident_mib()}, last_val)
         if not (record["validated"] or snapshot.final):
             tune.report(metrics)
             return
@@ -67,7 +67,33 @@ def train_trial(config: dict, context: StudyContext) -> None:
             save_checkpoint(directory, snapshot, checkpoint_extra)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
-    fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state)
+    try:
+        fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state, reuse_data=True)
+    finally:
+        release_memory()
+
+
+def resident_mib() -> float | None:
+    """This process's resident memory now (Linux), in MiB."""
+    try:
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def release_memory() -> None:
+    """Between trials of a reused worker: free what the trial left, and give freed heap pages back to the
+    system (glibc keeps them otherwise, and the worker's memory would grow trial after trial). A full
+    gc.collect() costs about 0.45 s here with torch and Ray loaded; the young generations are enough."""
+    import ctypes
+    import gc
+
+    gc.collect(1)
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc
 
 
 def newest_checkpoint(recorded, trial_folder: str | None, local: str) -> tuple[dict, dict | None] | None:
