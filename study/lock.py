@@ -39,7 +39,7 @@ def study_lock(storage: Storage, name: str):
         yield
     finally:
         if _object_owner(storage, name) == json.loads(json.dumps(me)):
-            storage.fs.delete_file(storage.path(name, OBJECT_LOCK))
+            storage.delete(name, OBJECT_LOCK)
 
 
 def driver_alive(storage: Storage, name: str) -> dict | None:

@@ -18,7 +18,6 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import metadata as package_metadata
 
 from study.errors import StudyError
 from study.spec import RowSpec, StudySpec, TableSpec
@@ -226,6 +225,8 @@ def sha256(text: str) -> str:
 
 
 def package_versions() -> dict[str, str]:
+    from importlib import metadata as package_metadata
+
     versions = {}
     for package in VERSIONED_PACKAGES:
         try:

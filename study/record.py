@@ -187,23 +187,34 @@ def typed_frame(rows: list[dict], columns: tuple[Column, ...]):
     """The columns in order and with their types, as a pandas DataFrame; a column no row has is all null."""
     import pandas as pd
 
-    data = {}
-    for column in columns:
-        values = [row.get(column.name) for row in rows]
-        data[column.name] = _typed(values, column.type)
+    data = {column.name: _typed([row.get(column.name) for row in rows], column.type) for column in columns}
     return pd.DataFrame(data, index=pd.RangeIndex(len(rows)))
 
 
 def _typed(values: list, kind: str):
+    import numpy as np
     import pandas as pd
 
-    if kind == STRING:
-        return pd.Series([None if _missing(v) else str(v) for v in values], dtype="string")
+    if kind == FLOAT:
+        return np.array([_number(v) for v in values], dtype="float64")
+    if kind == INT:
+        numbers_ = [_number(v) for v in values]
+        return pd.array([None if n != n or n in (math.inf, -math.inf) else int(n) for n in numbers_], dtype="Int64")
     if kind == BOOL:
-        return pd.Series([None if _missing(v) else bool(v) for v in values], dtype="boolean")
-    numbers_ = pd.to_numeric(pd.Series([None if _missing(v) else v for v in values], dtype=object), errors="coerce")
-    numbers_ = numbers_.astype("float64")
-    return numbers_.astype("Int64") if kind == INT else numbers_
+        return pd.array([None if _missing(v) else bool(v) for v in values], dtype="boolean")
+    return pd.array([None if _missing(v) else str(v) for v in values], dtype="string")
+
+
+def _number(value) -> float:
+    """A float for a numeric column (NaN for missing or unreadable values, as pd.to_numeric(errors="coerce"))."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if value is None or isinstance(value, bool) or _missing(value):
+        return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
 
 
 def _missing(value: Any) -> bool:

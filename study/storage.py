@@ -21,9 +21,8 @@ import difflib
 import json
 import os
 import uuid
+from functools import cached_property
 from pathlib import Path
-
-import pyarrow.fs as pafs
 
 from study.errors import StudyError
 from study.names import check_name, is_name
@@ -45,8 +44,10 @@ def split_uri(path_or_uri: str) -> tuple[str, str]:
     return location, mark + query
 
 
-def open_uri(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path on it) of a local path or a URI, its query parameters included."""
+def open_uri(path_or_uri: str):
+    """(pyarrow filesystem, path on it) of a local path or a URI, its query parameters included."""
+    import pyarrow.fs as pafs
+
     if "://" not in path_or_uri:
         return pafs.LocalFileSystem(), path_or_uri
     return pafs.FileSystem.from_uri(path_or_uri)
@@ -77,33 +78,47 @@ def read_text_at(path_or_uri: str) -> str:
 
 
 class Storage:
+    """A storage root. On a local disk, reads go through os directly (quick, no pyarrow import: `study status`
+    answers fast); an object store, copies and Tune use pyarrow's filesystem (`fs`)."""
+
     def __init__(self, root: str | os.PathLike):
         root = str(root)
         if "://" in root:
             location, query = split_uri(root)
             self.root = location.rstrip("/") + query
             try:
-                self.fs, self.base = open_uri(root)
+                filesystem, self.base = open_uri(root)
             except OSError as error:  # e.g. resolving an S3 bucket's region on an endpoint out of reach
                 raise StudyError(f"--storage {root!r}: cannot reach the storage ({_one_line(error)}); "
                                  f"check the endpoint and the credentials") from None
             except Exception as error:  # pyarrow raises several types for a bad URI
                 raise StudyError(f"--storage {root!r}: not a storage URI pyarrow can open "
                                  f"({_one_line(error)})") from None
+            self.__dict__["fs"] = filesystem
             self.base = self.base.rstrip("/")
+            self.is_local = filesystem.type_name == "local"
+            if filesystem.type_name in ("s3", "gcs"):
+                self._check_bucket()
         else:
             if not root.strip():
                 raise StudyError("--storage: expected a folder or a URI, got an empty string")
-            self.fs, self.base = pafs.LocalFileSystem(), str(Path(root).expanduser().absolute())
+            self.base = str(Path(root).expanduser().absolute())
             self.root = self.base
+            self.is_local = True
             if Path(self.base).exists() and not Path(self.base).is_dir():
                 raise StudyError(f"--storage {root!r}: {self.base} is a file, not a folder of studies")
-        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        if self.fs.type_name in ("s3", "gcs"):
-            self._check_bucket()
+
+    @cached_property
+    def fs(self):
+        """The pyarrow filesystem (local storage: made on first use)."""
+        import pyarrow.fs as pafs
+
+        return pafs.LocalFileSystem()
 
     def _check_bucket(self) -> None:
         """An unreachable endpoint or a missing bucket, said in one line before anything starts."""
+        import pyarrow.fs as pafs
+
         bucket = self.base.split("/", 1)[0]
         try:
             info = self.fs.get_file_info(bucket)
@@ -122,13 +137,23 @@ class Storage:
         return "/".join([self.base, *parts])
 
     def exists(self, *parts: str) -> bool:
+        if self.is_local:
+            return os.path.lexists(self.path(*parts))
+        import pyarrow.fs as pafs
+
         return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def read_bytes(self, *parts: str) -> bytes:
+        if self.is_local:
+            with open(self.path(*parts), "rb") as handle:
+                return handle.read()
+        with self.fs.open_input_stream(self.path(*parts)) as stream:
+            return stream.read()
 
     def read_text(self, *parts: str) -> str:
         """The file's text; a StudyError naming it when it cannot be read or is not UTF-8."""
         try:
-            with self.fs.open_input_stream(self.path(*parts)) as stream:
-                data = stream.read()
+            data = self.read_bytes(*parts)
         except FileNotFoundError:
             raise StudyError(f"{self.uri(*parts)}: no such file") from None
         except OSError as error:
@@ -151,11 +176,12 @@ class Storage:
     def write_text(self, text: str, *parts: str) -> None:
         """Atomic on local disk (temp file + rename); an object-store put is atomic already."""
         target = self.path(*parts)
-        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         if not self.is_local:
+            self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
             with self.fs.open_output_stream(target) as stream:
                 stream.write(text.encode())
             return
+        os.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
         temporary = f"{target}.{uuid.uuid4().hex}.tmp"
         with open(temporary, "w") as handle:
             handle.write(text)
@@ -174,7 +200,15 @@ class Storage:
     def write_json(self, value, *parts: str) -> None:
         self.write_text(json.dumps(value, indent=1, sort_keys=True, default=str), *parts)
 
+    def delete(self, *parts: str) -> None:
+        if self.is_local:
+            os.unlink(self.path(*parts))
+        else:
+            self.fs.delete_file(self.path(*parts))
+
     def upload(self, local_file: str | os.PathLike, *parts: str) -> None:
+        import pyarrow.fs as pafs
+
         target = self.path(*parts)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
         temporary = f"{target}.{uuid.uuid4().hex}.tmp" if self.is_local else target
@@ -184,6 +218,8 @@ class Storage:
 
     def copy_in(self, source_uri: str, *parts: str) -> None:
         """Copy a file given by path or URI into the storage (written then renamed on local disk)."""
+        import pyarrow.fs as pafs
+
         filesystem, path = open_uri(source_uri)
         target = self.path(*parts)
         self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
@@ -193,16 +229,26 @@ class Storage:
             os.replace(temporary, target)
 
     def list_dirs(self, *parts: str) -> list[str]:
-        if not self.exists(*parts):
-            return []
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
-        return sorted(info.base_name for info in infos if info.type == pafs.FileType.Directory)
+        return self._list(parts, directories=True)
 
     def list_files(self, *parts: str) -> list[str]:
+        return self._list(parts, directories=False)
+
+    def _list(self, parts: tuple, directories: bool) -> list[str]:
+        if self.is_local:
+            try:
+                with os.scandir(self.path(*parts)) as entries:
+                    return sorted(e.name for e in entries if e.is_dir() == directories
+                                  and (directories or e.is_file()))
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+        import pyarrow.fs as pafs
+
         if not self.exists(*parts):
             return []
         infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts)))
-        return sorted(info.base_name for info in infos if info.type == pafs.FileType.File)
+        wanted = pafs.FileType.Directory if directories else pafs.FileType.File
+        return sorted(info.base_name for info in infos if info.type == wanted)
 
     def studies(self) -> list[str]:
         return [name for name in self.list_dirs() if is_name(name) and self.is_study(name)]

@@ -167,3 +167,16 @@ def test_an_edited_study_file_is_detected_and_the_plans_copy_is_used(study, tmp_
     assert any(f"{SPEC_FILE} is missing" in note for note in status(study)["notes"])
     resumed_without_rerun(study, before)
     assert spec.read_text() == original  # resume puts the plan's copy back
+
+
+def test_status_reads_the_record_without_ray_torch_or_pandas(study):
+    """`study status` stays quick: it imports none of the heavy libraries (speed itself: benchmarks/read_side.py)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from study.cli import main; code = main(['status', 't', '--storage', sys.argv[1]]); "
+            "heavy = [m for m in ('ray', 'torch', 'pandas', 'pyarrow', 'matplotlib') if m in sys.modules]; "
+            "print(heavy); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -105,12 +105,11 @@ def check_stage_folder(storage, name: str, stage: str) -> None:
     """
     for trial in storage.list_dirs(name, stage):
         if storage.exists(name, stage, trial, ERROR_PICKLE):
-            storage.fs.delete_file(storage.path(name, stage, trial, ERROR_PICKLE))
+            storage.delete(name, stage, trial, ERROR_PICKLE)
     for file in storage.list_files(name, stage):
         where = storage.uri(name, stage, file)
         if file.endswith(".pkl"):
-            with storage.fs.open_input_stream(storage.path(name, stage, file)) as stream:
-                check_pickle(stream.read(), where)
+            check_pickle(storage.read_bytes(name, stage, file), where)
         elif STATE_FILE.match(file):
             _check_experiment_state(storage.read_text(name, stage, file), where)
 

@@ -3,22 +3,27 @@
 `load_split` lists a split through torchvision's dataset class, decodes and resizes
 it once into a cache (see cache.py) and returns memory-mapped arrays.
 `image_size` is (height, width); an int means a square.
+
+What a dataset is (class names, colours, splits) is in classes.py, which needs no numpy: the
+readers of a study's record import that alone. The decoding modules load on first use.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
-from trainables.data import cityscapes, pets
-from trainables.data.cache import SplitArrays, content_fingerprint, default_cache_dir, load_cached
-from trainables.data.check import check_dataset
-from trainables.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTES, class_names, palette
-from trainables.data.synth import synth_dataset
+from trainables.data.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, PALETTES, SPLITS, class_names, palette
 from trainables.errors import ConfigError, DatasetError
 
-_MODULES = {"pets": pets, "cityscapes": cityscapes}
+_LAZY = {"check_dataset": "trainables.data.check", "synth_dataset": "trainables.data.synth",
+         "SplitArrays": "trainables.data.cache"}
 
-SPLITS = {name: module.SPLITS for name, module in _MODULES.items()}  # (train split, validation split)
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_split(
@@ -30,7 +35,7 @@ def load_split(
     max_samples: int | None = None,
     progress: bool = True,
     workers: int | None = None,
-) -> SplitArrays:
+):
     """One split as uint8 arrays at image_size, from the cache (built where missing).
 
     The arrays are read-only memory maps of the cache files: copy them (np.array)
@@ -38,6 +43,8 @@ def load_split(
     max_samples keeps the first N samples of the split sorted by image path.
     workers: decoding threads when the cache is built (default: one per available core).
     """
+    from trainables.data.cache import default_cache_dir, load_cached
+
     module = _module(dataset)
     if split not in module.SPLITS:
         raise ConfigError(f"{dataset} has the splits {list(module.SPLITS)}, not {split!r}")
@@ -58,6 +65,8 @@ def dataset_fingerprint(dataset: str, root: str | Path) -> str:
     Reading the files happens once per state of the tree; the result is remembered
     in the default cache folder under the files' names, sizes and modification times.
     """
+    from trainables.data.cache import content_fingerprint, default_cache_dir
+
     module = _module(dataset)
     root = Path(root).expanduser()
     samples_by_split = {split: module.list_samples(root, split) for split in module.SPLITS}
@@ -72,9 +81,9 @@ def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
 
 
 def _module(dataset: str):
-    if dataset not in _MODULES:
-        raise ConfigError(f"unknown dataset {dataset!r}; known: {list(_MODULES)}")
-    return _MODULES[dataset]
+    if dataset not in SPLITS:
+        raise ConfigError(f"unknown dataset {dataset!r}; known: {list(SPLITS)}")
+    return importlib.import_module(f"trainables.data.{dataset}")
 
 
 __all__ = [

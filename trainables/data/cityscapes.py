@@ -16,9 +16,10 @@ from cityscapesscripts.helpers.labels import labels as OFFICIAL_LABELS
 
 from trainables.data.cache import Sample, open_label, unexpected_values
 from trainables.data.classes import CLASS_NAMES as CLASSES
+from trainables.data.classes import SPLITS as ALL_SPLITS
 from trainables.errors import DatasetError
 
-SPLITS = ("train", "val")
+SPLITS = ALL_SPLITS["cityscapes"]
 IGNORE = 255
 CLASS_NAMES = CLASSES["cityscapes"]
 

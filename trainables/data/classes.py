@@ -1,4 +1,5 @@
-"""Class names and colours of each dataset: what a report, a prediction and an export name and draw.
+"""What each dataset is: its splits, class names and colours (what a report, a prediction and an export
+name and draw). Plain Python: the readers of a study's record import this without numpy.
 
 Cityscapes' come from the official `cityscapesscripts` table (names and colours of the 19 train
 ids); the pets' three trimap classes get names and colours of their own.
@@ -9,6 +10,7 @@ from __future__ import annotations
 from cityscapesscripts.helpers.labels import labels as OFFICIAL_LABELS
 
 IGNORE_INDEX = 255
+SPLITS = {"pets": ("trainval", "test"), "cityscapes": ("train", "val")}  # (train split, validation split)
 _TRAINED = sorted((label for label in OFFICIAL_LABELS if 0 <= label.trainId < IGNORE_INDEX),
                   key=lambda label: label.trainId)
 CLASS_NAMES = {

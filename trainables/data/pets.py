@@ -14,9 +14,10 @@ import numpy as np
 
 from trainables.data.cache import Sample, open_label, unexpected_values
 from trainables.data.classes import CLASS_NAMES as CLASSES
+from trainables.data.classes import SPLITS as ALL_SPLITS
 from trainables.errors import DatasetError
 
-SPLITS = ("trainval", "test")
+SPLITS = ALL_SPLITS["pets"]
 SAFE_NAME = re.compile(r"[A-Za-z0-9_+-][A-Za-z0-9_.+-]*\Z")
 CLASS_NAMES = CLASSES["pets"]
 
