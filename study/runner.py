@@ -26,7 +26,7 @@ from study.record import ENDED, Stage, StudyState, TrialState
 from study.results import StudyResults, load_results
 from study.spec import StudySpec, loads
 from study.storage import ARTIFACTS, Storage, read_text_at
-from trainables.checkpoint import ENCODER_FILE, TRIAL_FILE, parse_trial_json
+from trainables.checkpoint import ENCODER_FILE, STATE_FILE, TRIAL_FILE, parse_trial_json
 from trainables.data import dataset_fingerprint
 from trainables.trial import encoder_key, join_uri
 
@@ -224,6 +224,7 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
         if run_stage(plan, storage, name, "main", None, resources, encoders, events)[1]:
             return False
         results = load_results(storage, name)
+        finalize_stopped_trials(storage, results)
         audit = audit_study(plan, results.rows)
         if audit.complete:
             sync_optuna_study(plan, storage, name, results.trials)
@@ -232,6 +233,7 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
               for t in plan.trials]
     if run_stage(plan, storage, name, "main", trials, resources, encoders, events)[1]:
         return False
+    finalize_stopped_trials(storage, load_results(storage, name))
     # Tune says the stage is done; the plan and the record decide. Trials Tune skipped or forgot
     # run now, each from the newest checkpoint its folder holds (if any).
     results = load_results(storage, name)
@@ -244,6 +246,31 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
         if run_stage(plan, storage, name, "main", missing, resources, encoders, events, fresh=True)[1]:
             return False
     return True
+
+
+def finalize_stopped_trials(storage: Storage, results: StudyResults) -> None:
+    """Trials the scheduler stopped early keep weights, not a full training state (no optimizer), as finished
+    ones do: their last checkpoint is rewritten (on an object store, through a local copy)."""
+    import tempfile
+
+    import pyarrow.fs as pafs
+
+    from study.storage import open_uri
+    from trainables.checkpoint import finalize
+
+    for row in results.rows:
+        if row["status"] != TrialState.EARLY_STOPPED.value or not row.get("checkpoint") or row.get("weights_final"):
+            continue
+        filesystem, path = open_uri(row["checkpoint"])
+        if storage.is_local:
+            finalize(path)
+            continue
+        here = pafs.LocalFileSystem()
+        with tempfile.TemporaryDirectory() as local:
+            pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=here)
+            if finalize(local):
+                pafs.copy_files(local, path, source_filesystem=here, destination_filesystem=filesystem)
+                filesystem.delete_file(f"{path.rstrip('/')}/{STATE_FILE}")
 
 
 def save_encoder_artifact(storage: Storage, job: PretrainJob, checkpoint: str, study_name: str) -> None:

@@ -132,6 +132,9 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     for directory, text in ended_before.items():
         assert (storage / "o" / "main" / directory / "result.json").read_text() == text
     assert all(str(c).startswith(str(storage)) for c in results.trials["checkpoint"].dropna())
+    # ended trials, early-stopped ones too, keep weights only: no optimizer state
+    assert main["weights_final"].notna().all()
+    assert not [p for p in (storage / "o" / "main").glob("*/checkpoint_*/state.pt")]
 
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{storage / 'o' / 'optuna.db'}")
     optuna_trials = study.get_trials(deepcopy=False)

@@ -186,3 +186,20 @@ def save_encoder(path: str | os.PathLike, encoder_state: dict, config) -> None:
     stem = config.segformer_stem if config.arch.startswith("segformer") else ""
     save_weights(path, encoder_state, {"format": "segstudy-encoder", "arch": config.arch, "segformer_stem": stem,
                                        "settings": json.dumps(config.to_dict())})
+
+
+def finalize(directory: str | os.PathLike) -> bool:
+    """Turn a training checkpoint of a run that has ended (stopped early by a scheduler) into a final one:
+    its weights and its best epoch's weights as safetensors, no optimizer state. False if already final."""
+    directory = Path(directory)
+    content = parse_trial_json((directory / TRIAL_FILE).read_text(), str(directory / TRIAL_FILE))
+    if content.get("kind") == FINAL:
+        return False
+    state = load_training_state(directory)
+    save_weights(directory / FINAL_WEIGHTS, state["model"])
+    if state.get("best_weights") is not None:
+        save_weights(directory / BEST_WEIGHTS, state["best_weights"])
+    write_trial_json(directory, {**{k: v for k, v in content.items() if k != "version"}, "kind": FINAL,
+                                 "has_best_weights": state.get("best_weights") is not None})
+    (directory / STATE_FILE).unlink()
+    return True
