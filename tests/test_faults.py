@@ -134,7 +134,7 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     assert all(str(c).startswith(str(storage)) for c in results.trials["checkpoint"].dropna())
     # ended trials, early-stopped ones too, keep weights only: no optimizer state
     assert main["weights_final"].notna().all()
-    assert not [p for p in (storage / "o" / "main").glob("*/checkpoint_*/state.pt")]
+    assert not [p for key in main["trial_key"] for p in (storage / "o" / "main" / key).glob("checkpoint_*/state.pt")]
 
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{storage / 'o' / 'optuna.db'}")
     optuna_trials = study.get_trials(deepcopy=False)
