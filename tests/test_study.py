@@ -116,6 +116,9 @@ def test_resume_after_the_driver_is_killed(tmp_path):
     experiment = storage / "r" / "main"
     finished_before = {v.dir: (experiment / v.dir / "result.json").read_text()
                        for v in driver_views(storage / "r") if v.state.value == "finished"}
+    # the driver died without a word: status and list say so, not "running"
+    assert json.loads(run_study_cli(["status", "r", "--json"], tmp_path, storage).stdout)["state"] == "interrupted"
+    assert run_study_cli(["list"], tmp_path, storage).stdout.strip() == "r\tinterrupted (driver process gone)"
     resumed = run_study_cli(["resume", "r"], tmp_path, storage)
     assert "study r finished" in resumed.stderr
 
