@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from study.errors import StudyError
-from study.models import StudyModel, load_study_model
+from study.models import WHICH_DOC, StudyModel, load_study_model
 from trainables.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -140,14 +140,11 @@ class _Run:
     def __init__(self, model: StudyModel, folder: Path, ground_truth: dict | None, log):
         import torch
 
-        from trainables.data.device import normalization_constants
         from trainables.engine import autocast_context
 
         self.model, self.folder, self.ground_truth, self.log = model, folder, ground_truth, log
         self.classes = len(model.class_names)
-        self.device = model.device
-        self.mean, self.inv_std = normalization_constants(self.device)
-        self.autocast = autocast_context(model.config, self.device)
+        self.autocast = autocast_context(model.config, model.device)  # as the trial validated on this device
         # Ids past the classes (none are predicted) stay black.
         self.colours = np.zeros((256, 3), dtype=np.uint8)
         self.colours[: self.classes] = np.array(model.palette, dtype=np.uint8)
@@ -160,8 +157,8 @@ class _Run:
     def batch(self, inputs: list[Input]) -> None:
         import torch
 
-        from trainables.data.cache import open_rgb, resize_image, resize_label
-        from trainables.data.device import normalize_uint8
+        from trainables.data.cache import open_rgb, resize_label
+        from trainables.metrics import confusion_matrix, summarize
 
         loaded = []
         for item in inputs:
@@ -175,9 +172,7 @@ class _Run:
         if not loaded:
             return
         size = self.model.input_size
-        pixels = np.stack([np.asarray(resize_image(image, size)) for _, image, _, _ in loaded])
-        batch = normalize_uint8(torch.from_numpy(pixels).to(self.device), self.mean, self.inv_std,
-                                self.model.config.channels_last)
+        batch = self.model.preprocess([image for _, image, _, _ in loaded])
         with torch.no_grad(), self.autocast:
             logits = self.model.model(batch)
         logits = logits.float()
@@ -190,8 +185,6 @@ class _Run:
             entry = {"image": str(item.path), "size": [image.height, image.width]}
             entry.update(self._write(item, image, prediction))
             if truth is not None:
-                from trainables.metrics import confusion_matrix, summarize
-
                 per_image = {}
                 for where, predicted, target in (("working", working[index], resize_label(truth, size)),
                                                  ("original", torch.from_numpy(prediction), truth)):
@@ -281,7 +274,7 @@ class _Progress:
 
 def format_summary(summary: dict, out) -> str:
     height, width = summary["working_resolution"]
-    lines = [f"{summary['trial_key']} ({WHICH_TEXT[summary['which']]}, epoch {summary['epoch']}) on "
+    lines = [f"{summary['trial_key']} ({WHICH_DOC[summary['which']]}, epoch {summary['epoch']}) on "
              f"{len(summary['images'])} image(s); masks in {Path(out) / MASKS}, overlays in {Path(out) / OVERLAYS}"]
     evaluated = [e for e in summary["images"] if "miou_present" in e]
     if "overall" in summary:
@@ -302,8 +295,6 @@ def format_summary(summary: dict, out) -> str:
                          f"at {height}x{width}")
     return "\n".join(lines)
 
-
-WHICH_TEXT = {"best": "weights of its best validated epoch", "last": "weights after its last epoch"}
 
 
 def failure_line(summary: dict) -> str | None:
