@@ -44,15 +44,20 @@ class Input:
     name: str  # where its outputs go under --out, without suffix: its path inside a given folder, or its stem
 
 
-def list_inputs(paths: list[str]) -> tuple[list[Input], list[str]]:
-    """(images in the order given, folders' contents sorted by path; files in folders not named as images)."""
+def list_inputs(paths: list[str], exclude: Path | None = None) -> tuple[list[Input], list[str]]:
+    """(images in the order given, folders' contents sorted by path; files in folders not named as images).
+
+    Files under `exclude` (the output folder, when it lies inside an image folder) are left out.
+    """
     inputs, ignored = [], []
+    exclude = exclude.resolve() if exclude is not None else None
     for given in paths:
         path = Path(given).expanduser()
         if path.is_dir():
             for file in sorted(p for p in path.rglob("*") if p.is_file()):
                 relative = file.relative_to(path)
-                if any(part.startswith(".") for part in relative.parts):
+                if any(part.startswith(".") for part in relative.parts) or \
+                        (exclude is not None and file.resolve().is_relative_to(exclude)):
                     continue
                 if file.suffix.lower() in IMAGE_SUFFIXES:
                     inputs.append(Input(file, str(relative.with_suffix(""))))
@@ -111,7 +116,7 @@ def predict_study(storage, name: str, images: list[str], out, *, trial: str | No
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))
     if batch_size is not None and batch_size < 1:
         raise StudyError(f"--batch-size: expected an integer >= 1, got {batch_size}")
-    inputs, ignored = list_inputs(images)
+    inputs, ignored = list_inputs(images, exclude=Path(out).expanduser())
     ground_truth = mask_index(masks) if masks is not None else None
     folder = writable_folder(out)
     results = load_results(storage, name)

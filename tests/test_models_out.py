@@ -121,6 +121,11 @@ def test_an_unreadable_image_is_named_and_skipped_and_the_command_fails_at_the_e
     assert len(list((out / "masks").iterdir())) == 3 and len(list((out / "overlays").iterdir())) == 3
     summary = json.loads((out / "predictions.json").read_text())
     assert {Path(f["image"]).name for f in summary["failed"]} == {"broken.jpg", "listed.png"}
+    # an output folder inside the image folder: its earlier outputs are not taken for images
+    for _ in range(2):
+        assert main(["predict", "t", "--storage", str(study), "--images", str(folder), "--out",
+                     str(folder / "out")]) == 2
+        assert "1 of 4 image(s) could not be read" in capsys.readouterr().err  # broken.jpg only, both times
 
 
 # -- load_model and export-model ----------------------------------------------------------------
@@ -281,6 +286,8 @@ def test_bad_input_to_predict_and_export_model(study, tmp_path, capsys):
     assert f"--out {blocker / 'model.pt2'}: cannot be written" in error
     error = fails(capsys, "export-model", "t", "--storage", study, "--out", tmp_path / "model.onnx")
     assert "expected a file name ending in .pt2" in error
+    error = fails(capsys, "predict", "t", "--storage", study, "--images", image, "--out", tmp_path, "--batch-size", 0)
+    assert "--batch-size: expected an integer >= 1, got 0" in error
     error = fails(capsys, "predict", "t", "--storage", study, "--images", tmp_path / "missing.jpg", "--out", tmp_path)
     assert "missing.jpg: no such file or folder" in error
     error = fails(capsys, "predict", "t", "--storage", study, "--trial", "segformer_scracth-s0", "--images", image,
