@@ -134,11 +134,11 @@ import importlib.util, sys
 sys.path.append(SITE)  # torch's site-packages, without its .pth files (an editable segstudy install is one)
 found = [name for name in ("study", "trainables") if importlib.util.find_spec(name) is not None]
 assert not found, f"importable here: {found}; sys.path {sys.path}"
-import numpy as np, torch
+import torch
 program = torch.export.load(PROGRAM).module()
 for batch in (1, 5):
     with torch.no_grad():
-        np.save(f"out{batch}.npy", program(torch.from_numpy(np.load(f"in{batch}.npy"))).numpy())
+        torch.save(program(torch.load(f"in{batch}.pt", weights_only=True)), f"out{batch}.pt")
 print("modules:", sorted(m for m in sys.modules if m.split(".")[0] in ("study", "trainables")))
 """
 
@@ -161,7 +161,7 @@ def test_the_exported_program_runs_with_torch_alone_and_equals_load_model(study,
     work.mkdir()
     inputs = {batch: torch.rand(batch, 3, 32, 32, generator=torch.Generator().manual_seed(batch)) for batch in (1, 5)}
     for batch, images in inputs.items():
-        np.save(work / f"in{batch}.npy", images.numpy())
+        torch.save(images, work / f"in{batch}.pt")
     site = os.path.dirname(os.path.dirname(torch.__file__))
     script = f"SITE = {site!r}\nPROGRAM = {str(program)!r}\n" + ISOLATED
     # -I: no PYTHONPATH, no user site, no script folder on the path; -S: no site-packages .pth files
@@ -170,7 +170,7 @@ def test_the_exported_program_runs_with_torch_alone_and_equals_load_model(study,
     assert done.returncode == 0, done.stderr[-3000:]
     assert "modules: []" in done.stdout
     for batch, images in inputs.items():
-        exported = torch.from_numpy(np.load(work / f"out{batch}.npy"))
+        exported = torch.load(work / f"out{batch}.pt", weights_only=True)
         with torch.no_grad():
             expected = loaded.model(loaded.normalize(images))
         assert exported.shape == (batch, 3, 32, 32)
