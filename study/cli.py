@@ -119,6 +119,49 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("name")
     export.add_argument("--out", required=True, help="folder for trials.parquet and epochs.parquet")
 
+    best = with_storage(command("best", cmd_best, "the best trial: its checkpoint, settings, metrics and weights"))
+    best.add_argument("name")
+    best.add_argument("--by", default=None, metavar="METRIC",
+                      help="best_val_miou (default; the weights of its best validated epoch), final_val_miou, "
+                           "final_val_loss, final_train_miou, final_train_loss (the weights after its last epoch); "
+                           "a loss is best when lowest; ties go to the trial key that sorts first")
+    best.add_argument("--table", help="only the trials of this declared table (see `study report`)")
+    best.add_argument("--row", metavar="LABEL", help="only this row of the table: its best seed")
+    best.add_argument("--json", action="store_true", help="print one JSON object")
+
+    def model_options(sub: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        sub.add_argument("name")
+        sub.add_argument("--trial", metavar="KEY", help="a trial key (default: the best trial by best val mIoU, "
+                                                        "as `study best` picks it)")
+        sub.add_argument("--which", default="best", choices=["best", "last"],
+                         help="best: the weights of its best validated epoch (default); last: after its last epoch")
+        return sub
+
+    predict = model_options(with_storage(command(
+        "predict", cmd_predict, "masks and overlays of a study's model on images; mIoU against ground truth",
+    )))
+    predict.description = (
+        "Class-id masks (PNG, palette-coded in the dataset's colours) and side-by-side overlays of a study's model "
+        "on images, both at each image's original size. The model runs at the study's working resolution; its "
+        "logits are resized back to the original size (bilinear) and the mask is their argmax there, so "
+        "boundaries are smooth rather than blocks of the working resolution. With --masks, per-image and overall "
+        "mIoU at the working resolution (as the study validates) and at the original size.")
+    predict.add_argument("--images", nargs="+", required=True, metavar="DIR|FILE",
+                         help="image files, or folders searched recursively for image files")
+    predict.add_argument("--out", required=True, help="folder for masks/, overlays/ and predictions.json")
+    predict.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda or cuda:N")
+    predict.add_argument("--batch-size", type=int, default=None, metavar="N",
+                         help="images per forward pass (default: the trial's batch size)")
+    predict.add_argument("--masks", metavar="DIR", help="ground truth in the dataset's own encoding (pets: the "
+                                                         "trimaps folder; cityscapes: gtFine/<split>), searched "
+                                                         "recursively by file name")
+
+    export_model = model_options(with_storage(command(
+        "export-model", cmd_export_model, "a torch.export program (runs with torch alone), JSON sidecar, state dict",
+    )))
+    export_model.add_argument("--out", required=True, metavar="FILE.pt2",
+                              help="the program; FILE.json and FILE.safetensors are written beside it")
+
     train = command("train", cmd_train, "one training run outside Ray, written to --out")
     train.add_argument("--arch", default=DEFAULT.arch, choices=ARCHS)
     train.add_argument("--dataset", default=DEFAULT.dataset, choices=DATASETS)
@@ -229,6 +272,40 @@ def cmd_export(args) -> int:
     storage = _storage(args)
     storage.require_study(args.name)  # a bad name writes nothing
     for path in export_study(storage, args.name, output_folder(args.out, "--out")):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_best(args) -> int:
+    from study.models import DEFAULT_BY, choose_best, describe_choice, format_choice
+    from study.results import load_results
+
+    results = load_results(_storage(args), args.name)
+    choice = choose_best(results, by=args.by or DEFAULT_BY, table=args.table, row=args.row)
+    description = describe_choice(choice)
+    print(json.dumps(description, indent=1) if args.json else format_choice(description))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from study.predict import failure_line, format_summary, predict_study
+
+    summary = predict_study(_storage(args), args.name, args.images, args.out, trial=args.trial, which=args.which,
+                            device=args.device, batch_size=args.batch_size, masks=args.masks)
+    print(format_summary(summary, args.out))
+    failure = failure_line(summary)
+    if failure:
+        raise StudyError(failure)
+    return 0
+
+
+def cmd_export_model(args) -> int:
+    from study.model_export import export_model
+
+    paths, notes = export_model(_storage(args), args.name, args.out, trial=args.trial, which=args.which)
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    for path in paths:
         print(f"wrote {path}")
     return 0
 

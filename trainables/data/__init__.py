@@ -73,6 +73,15 @@ def dataset_fingerprint(dataset: str, root: str | Path) -> str:
     return content_fingerprint(root, samples_by_split, default_cache_dir(root))
 
 
+def label_files(dataset: str, image_name: str) -> list:
+    """[(file name, reader)]: where the dataset keeps an image's ground truth, preferred first.
+
+    The reader turns the file (the dataset's own encoding: pets trimaps 1/2/3, Cityscapes label
+    ids or train ids) into uint8 class ids, 255 = ignore, exactly as the training cache does.
+    """
+    return _module(dataset).label_files(Path(image_name).name)
+
+
 def as_size(image_size: int | tuple[int, int]) -> tuple[int, int]:
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
     if len(size) != 2 or min(size) < 1:
@@ -88,5 +97,5 @@ def _module(dataset: str):
 
 __all__ = [
     "SPLITS", "NUM_CLASSES", "CLASS_NAMES", "IGNORE_INDEX", "PALETTES", "class_names", "palette", "SplitArrays",
-    "load_split", "dataset_fingerprint", "check_dataset", "synth_dataset",
+    "load_split", "dataset_fingerprint", "check_dataset", "synth_dataset", "label_files",
 ]

@@ -109,11 +109,21 @@ def decode_sample(sample: Sample, size: tuple[int, int]) -> tuple[np.ndarray, np
             f"label {sample.label} is {classes.shape[1]}x{classes.shape[0]} (width x height) "
             f"but its image {sample.image} is {image.width}x{image.height}"
         )
+    return np.asarray(resize_image(image, size)), resize_label(classes, size)
+
+
+def resize_image(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An RGB image at size (height, width), as the cache holds it: bilinear, antialiased when reducing."""
     height, width = size
     if image.size != (width, height):
         image = image.resize((width, height), Image.BILINEAR, reducing_gap=None)  # PIL antialiases when reducing
-    mask = Image.fromarray(classes).resize((width, height), Image.NEAREST)  # never interpolate labels
-    return np.asarray(image), np.asarray(mask)
+    return image
+
+
+def resize_label(classes: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 class ids at size (height, width), as the cache holds them: nearest neighbour, never interpolated."""
+    height, width = size
+    return np.asarray(Image.fromarray(classes).resize((width, height), Image.NEAREST))
 
 
 def decode_chunk(samples: list[Sample], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -9,6 +9,7 @@ it is. torchvision is imported only where the files are listed.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,14 @@ def list_samples(root: Path, split: str) -> list[Sample]:
         else:
             raise DatasetError(f"the image {image} has no label file: expected {label_ids}")
     return samples
+
+
+def label_files(image_name: str) -> list[tuple[str, Callable[[str], np.ndarray]]]:
+    """File names that may hold an image's labels, preferred first, with their readers:
+    `{city}_{seq}_{frame}_leftImg8bit.png` -> `..._gtFine_labelTrainIds.png` (as it is), `..._gtFine_labelIds.png`."""
+    suffix = "_leftImg8bit.png"
+    base = image_name[: -len(suffix)] if image_name.endswith(suffix) else Path(image_name).stem
+    return [(f"{base}_gtFine_labelTrainIds.png", read_train_ids), (f"{base}_gtFine_labelIds.png", read_label_ids)]
 
 
 def read_label_ids(path: str) -> np.ndarray:

@@ -27,8 +27,7 @@ class DeviceSplit:
         self.masks = torch.from_numpy(np.array(masks, copy=True)).to(device)  # uint8 N,H,W
         self.device = device
         self.channels_last = channels_last
-        self._mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
-        self._inv_std = 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+        self._mean, self._inv_std = normalization_constants(device)
         # Normalised once. Channels-last batches are gathered from an N,H,W,C float copy and permuted
         # (a view with channels-last strides, no copy); otherwise from N,C,H,W. Measured on CPU: 1.8x
         # (contiguous) and 4x (channels-last) the batches per second of converting each batch.
@@ -68,8 +67,22 @@ class DeviceSplit:
             yield images, masks
 
     def normalize(self, images_uint8_nhwc: torch.Tensor) -> torch.Tensor:
-        # One conversion straight into the layout the model wants, then in-place arithmetic:
-        # on CPU five times faster than float() -> (x - mean) / std -> contiguous().
-        memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
-        images = images_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32, memory_format=memory_format)
-        return images.sub_(self._mean).mul_(self._inv_std)
+        return normalize_uint8(images_uint8_nhwc, self._mean, self._inv_std, self.channels_last)
+
+
+def normalization_constants(device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean * 255, 1 / (std * 255)) as [1, 3, 1, 1] tensors: ImageNet normalisation of uint8 pixels."""
+    mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1) * 255
+    return mean, 1 / (torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1) * 255)
+
+
+def normalize_uint8(images_uint8_nhwc: torch.Tensor, mean: torch.Tensor, inv_std: torch.Tensor,
+                    channels_last: bool = False) -> torch.Tensor:
+    """uint8 N,H,W,3 pixels -> normalised float32 N,3,H,W, exactly as training and validation see them.
+
+    `mean`, `inv_std` from normalization_constants. One conversion straight into the layout the model
+    wants, then in-place arithmetic: on CPU five times faster than float() -> (x - mean) / std -> contiguous().
+    """
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    images = images_uint8_nhwc.permute(0, 3, 1, 2).to(torch.float32, memory_format=memory_format)
+    return images.sub_(mean).mul_(inv_std)

@@ -8,6 +8,7 @@ only where the files are listed, so that `study data synth` starts quickly.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,11 @@ def list_samples(root: Path, split: str) -> list[Sample]:
     # decoder opens (and what every error message names).
     pairs = sorted(zip(map(str, listing._images), map(str, listing._segs)))
     return [Sample(image, trimap, read_trimap) for image, trimap in pairs]
+
+
+def label_files(image_name: str) -> list[tuple[str, Callable[[str], np.ndarray]]]:
+    """The file name of an image's trimap (`Abyssinian_1.jpg` -> `Abyssinian_1.png`) with its reader."""
+    return [(f"{Path(image_name).stem}.png", read_trimap)]
 
 
 def read_trimap(path: str) -> np.ndarray:
