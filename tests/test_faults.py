@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -18,6 +21,7 @@ from tests.study_helpers import (
     driver_views,
     kill_group,
     run_study_cli,
+    session_processes,
     start_study_cli,
     wait_for,
 )
@@ -153,11 +157,20 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     assert (storage / "o" / "report" / "report.md").exists()
 
 
-def test_two_drivers_on_one_study_the_second_refuses_and_a_dead_ones_lock_is_taken_over(tmp_path):
-    """Two `study run` of the same name started at once: exactly one runs, the other exits 2
-    naming it; `study resume` is refused while it lives and takes the lock over once it is dead."""
+def test_a_study_through_a_crash_sigterm_and_ctrl_c_with_one_driver_at_a_time(tmp_path):
+    """One single-trial study (a checkpoint every 5 of 40 epochs), through everything that stops a driver:
+
+    1. two `study run` of it started at once: one runs, the other exits 2 naming it; `resume` is refused
+       while it lives, and `status` reads the study from another process;
+    2. the running driver SIGKILLed two epochs past a checkpoint, and that checkpoint renamed, as when Tune
+       records a checkpoint one asynchronous sync after deleting the one before: `resume` takes the dead
+       driver's lock over and mends the lost checkpoint from the newest one;
+    3. SIGTERM to that driver alone (kill, docker stop, Slurm, timeout): exit 143;
+    4. Ctrl-C to the next one's whole process group, as a terminal sends it: exit 130;
+    each stopping within seconds, leaving no process of the run, recording the study as interrupted and
+    printing how to resume; 5. a last `resume` finishes it, each attempt continuing from a checkpoint."""
     storage = tmp_path / "studies"
-    args = ["run", str(TEST_SPECS / "single.yaml"), "--name", "twice"]
+    args = ["run", str(TEST_SPECS / "single.yaml"), "--name", "i"]
     drivers = [start_study_cli(args, tmp_path, storage, tmp_path / f"driver{i}.log") for i in range(2)]
     try:
         wait_for(lambda: any(d.poll() is not None for d in drivers), timeout=120, what="one driver to refuse")
@@ -165,43 +178,59 @@ def test_two_drivers_on_one_study_the_second_refuses_and_a_dead_ones_lock_is_tak
         winner = drivers[1 - loser]
         text = (tmp_path / f"driver{loser}.log").read_text()
         assert drivers[loser].returncode == 2, text
-        assert f"already being run by process {winner.pid}" in text and "study resume twice" in text, text
+        assert f"already being run by process {winner.pid}" in text and "study resume i" in text, text
         assert "Traceback" not in text
-        wait_for(lambda: (storage / "twice" / "plan.json").exists(), timeout=120, what="the winner's plan")
-        assert winner.poll() is None
-        refused = run_study_cli(["resume", "twice"], tmp_path, storage, check=False)
+        wait_for(lambda: (storage / "i" / "plan.json").exists(), timeout=120, what="the winner's plan")
+        refused = run_study_cli(["resume", "i"], tmp_path, storage, check=False)
         assert refused.returncode == 2 and f"already being run by process {winner.pid}" in refused.stderr
-        # status reads the study from another process while it runs
-        status = json.loads(run_study_cli(["status", "twice", "--json"], tmp_path, storage).stdout)
-        assert status["state"] == "running" and status["study"] == "twice"
-    finally:
+        status = json.loads(run_study_cli(["status", "i", "--json"], tmp_path, storage).stdout)
+        assert status["state"] == "running" and status["driver"]["pid"] == winner.pid
+    except BaseException:
         for driver in drivers:
             kill_group(driver)
-    resumed = run_study_cli(["resume", "twice"], tmp_path, storage)
-    assert "study twice finished" in resumed.stderr
-    trials = load_results(Storage(storage), "twice").trials
-    assert set(trials["status"]) == {"finished"} and len(trials) == 1
-
-
-def test_resume_mends_a_recorded_checkpoint_that_tune_had_already_replaced(tmp_path):
-    """Tune records a trial's checkpoint in its experiment state one sync after deleting the one
-    before; a driver killed in between leaves the state naming a folder that is gone. Made here
-    for certain by renaming the trial's checkpoint: resume continues the trial from it anyway."""
-    storage = tmp_path / "studies"
-    log = tmp_path / "driver.log"
-    driver = start_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "m", "--set", "train.epochs=12"],
-                             tmp_path, storage, log)
-    crash_driver_when(driver, lambda: any(v.state.value == "running" and 7 <= (v.last_epoch or 0) <= 8
-                                          for v in driver_views(storage / "m")),
+        raise
+    log = tmp_path / f"driver{1 - loser}.log"
+    crash_driver_when(winner, lambda: any(v.state.value == "running" and 7 <= (v.last_epoch or 0) <= 8
+                                          for v in driver_views(storage / "i")),
                       log, "the trial two epochs past its first checkpoint")
-    trial = storage / "m" / "main" / "segformer_scratch-s0"
+    trial = storage / "i" / "main" / "segformer_scratch-s0"
     newest = sorted(trial.glob("checkpoint_*"))[-1]
-    index = int(newest.name.split("_")[1])
-    newest.rename(trial / f"checkpoint_{index + 1:06d}")  # the recorded one is gone, a later one is kept
+    newest.rename(trial / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}")  # the recorded one is gone
 
-    resumed = run_study_cli(["resume", "m"], tmp_path, storage)
-    assert "its recorded checkpoint was already replaced; resuming it from its newest one" in resumed.stderr
-    assert "study m finished" in resumed.stderr
-    trials = load_results(Storage(storage), "m").trials
-    assert (trials.iloc[0]["status"], trials.iloc[0]["epochs_run"]) == ("finished", 12)
-    assert restarts(str(trial)) == [6]  # from the checkpoint of epoch 5, not from scratch
+    def stopped(stop, after_epoch: int, log: Path) -> str:
+        driver = start_study_cli(["resume", "i"], tmp_path, storage, log)
+        try:
+            wait_for(lambda: any(v.state.value == "running" and (v.last_epoch or 0) > after_epoch
+                                 for v in driver_views(storage / "i")), timeout=300, interval=0.1,
+                     what=f"the trial past epoch {after_epoch}")
+            stop(driver)
+            started = time.time()
+            returncode = driver.wait(timeout=60)
+            seconds = time.time() - started
+            deadline = time.time() + 20  # Ray's GCS, raylet and workers end with the command, within seconds
+            while session_processes(driver.pid) and time.time() < deadline:
+                time.sleep(0.5)
+            left = session_processes(driver.pid)
+        finally:
+            kill_group(driver)
+        text = log.read_text()
+        assert seconds < 30 and not left, (seconds, left, text[-3000:])
+        assert "study resume i" in text and "interrupted" in text and "Traceback" not in text, text[-3000:]
+        assert json.loads((storage / "i" / "study.json").read_text())["state"] == "interrupted"
+        return f"{returncode}\n{text}"
+
+    text = stopped(lambda d: d.terminate(), 10, tmp_path / "sigterm.log")
+    assert text.startswith("143\n"), text[-3000:]  # 128 + SIGTERM, as a shell reports it
+    assert "its recorded checkpoint was already replaced; resuming it from its newest one" in text
+    status = json.loads(run_study_cli(["status", "i", "--json"], tmp_path, storage).stdout)
+    assert status["state"] == "interrupted" and status["stages"]["main"] == {"pending": 1}
+    reached = max(v.last_epoch or 0 for v in driver_views(storage / "i"))
+    text = stopped(lambda d: os.killpg(d.pid, signal.SIGINT), reached + 1, tmp_path / "ctrl-c.log")
+    assert text.startswith("130\n"), text[-3000:]
+
+    resumed = run_study_cli(["resume", "i"], tmp_path, storage)
+    assert "study i finished" in resumed.stderr
+    trials = load_results(Storage(storage), "i").trials
+    assert (trials.iloc[0]["status"], trials.iloc[0]["epochs_run"]) == ("finished", 40)
+    starts = restarts(str(trial))
+    assert starts[0] == 6 and len(starts) == 3 and all(epoch > 5 for epoch in starts), starts  # never from scratch

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
@@ -25,7 +23,6 @@ from tests.study_helpers import (
     free_port,
     kill_group,
     run_study_cli,
-    session_processes,
     start_study_cli,
     study_env,
     wait_for,
@@ -135,65 +132,6 @@ def test_resume_after_the_driver_is_killed(tmp_path):
         restarted.extend(restarts)
     assert restarted, "no trial was resumed: the kill came too late or a trial restarted from scratch"
     assert all(epoch > 1 for epoch in restarted), restarted
-
-
-def stop_when_midway(driver, storage: Path, log: Path, stop, low: int) -> tuple[int, float, list]:
-    """Once the trial is past epoch `low` (a checkpoint every 5), `stop(driver)`; (exit status, seconds to stop,
-    processes of the run still alive 20 s later)."""
-    def a_trial_midway():
-        return any(v.state.value == "running" and low < (v.last_epoch or 0) < 38 for v in driver_views(storage / "i"))
-
-    try:
-        wait_for(a_trial_midway, timeout=300, interval=0.1, what="a half-done trial")
-        stop(driver)
-        started = time.time()
-        returncode = driver.wait(timeout=60)
-        stopped_after = time.time() - started
-        # Everything the command started (Ray's GCS, raylet, workers) ends with it, within seconds.
-        deadline = time.time() + 20
-        while session_processes(driver.pid) and time.time() < deadline:
-            time.sleep(0.5)
-        return returncode, stopped_after, session_processes(driver.pid)
-    finally:
-        kill_group(driver)
-
-
-def test_sigterm_and_ctrl_c_stop_the_run_and_print_how_to_resume(tmp_path):
-    """SIGTERM to the driver alone (kill, docker stop, Slurm, timeout), then Ctrl-C to the whole process group (a
-    terminal's): each stops the run within seconds, leaves nothing running, records the study as interrupted and
-    prints how to resume; the last resume finishes it, each trial continued from its checkpoint."""
-    storage = tmp_path / "studies"
-    log = tmp_path / "driver.log"
-    driver = start_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "i"], tmp_path, storage, log)
-    returncode, stopped_after, left = stop_when_midway(driver, storage, log, lambda d: d.terminate(), 6)
-    text = log.read_text()
-    assert returncode == 143, text[-3000:]  # 128 + SIGTERM, as a shell reports it
-    assert stopped_after < 30 and not left, (stopped_after, left)
-    assert "study resume i" in text and "interrupted" in text and "Traceback" not in text
-    assert json.loads((storage / "i" / "study.json").read_text())["state"] == "interrupted"
-    status = json.loads(run_study_cli(["status", "i", "--json"], tmp_path, storage).stdout)
-    assert status["state"] == "interrupted" and status["stages"]["main"] == {"pending": 1}
-
-    log = tmp_path / "resume.log"
-    driver = start_study_cli(["resume", "i"], tmp_path, storage, log)
-    first = max(v.last_epoch or 0 for v in driver_views(storage / "i"))
-    returncode, stopped_after, left = stop_when_midway(
-        driver, storage, log, lambda d: os.killpg(d.pid, signal.SIGINT), first + 1)  # Ctrl-C: the whole group
-    text = log.read_text()
-    assert returncode == 130, text[-3000:]
-    assert stopped_after < 30 and not left, (stopped_after, left)
-    assert "study resume i" in text and "interrupted" in text
-
-    resumed = run_study_cli(["resume", "i"], tmp_path, storage)
-    assert "study i finished" in resumed.stderr
-    results = load_results(Storage(storage), "i")
-    assert set(results.trials["status"]) == {"finished"} and len(results.trials) == 1
-    assert results.trials.iloc[0]["epochs_run"] == 40
-    result_file = Path(results.trials.iloc[0]["path"]) / "result.json"
-    starts = [json.loads(line)["epoch"] for line in result_file.read_text().splitlines()
-              if json.loads(line)["iterations_since_restore"] == 1]
-    restarts = [epoch for epoch in starts if epoch > 1]
-    assert len(restarts) == 2 and min(restarts) > 5 and starts.count(1) <= 1, starts  # never from scratch again
 
 
 def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
