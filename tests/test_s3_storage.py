@@ -42,9 +42,9 @@ def test_study_on_s3_is_killed_resumed_and_read_back_from_the_bucket(s3_storage,
     local = tmp_path / "studies"  # the default storage ($SEGSTUDY_STORAGE in the commands' environment)
     storage = Storage(s3_storage)
     name = "s3tiny"
-    # Long enough trials (a checkpoint every 4 of 24 epochs) that the kill lands mid-trial for certain.
+    # Long enough trials (a checkpoint every 3 of 15 epochs) that the kill lands mid-trial for certain.
     driver = start_study_cli(["run", str(TEST_SPECS / "tiny.yaml"), "--name", name, "--storage", s3_storage,
-                              "--set", "train.epochs=24", "--set", "train.val_interval=4"],
+                              "--set", "train.epochs=15", "--set", "train.val_interval=3"],
                              tmp_path, local, tmp_path / "driver.log")
 
     def a_main_checkpoint_in_the_bucket():
@@ -81,7 +81,7 @@ def test_study_on_s3_is_killed_resumed_and_read_back_from_the_bucket(s3_storage,
     for directory in checkpointed:  # cut off by the kill: it went on from its checkpoint in the bucket
         lines = [json.loads(line) for line in storage.read_text(name, "main", directory, "result.json").splitlines()]
         starts = [line["epoch"] for line in lines if line["iterations_since_restore"] == 1]
-        assert starts and starts[-1] > 4, (directory, starts)  # the last attempt began after a checkpoint
+        assert starts and starts[-1] > 3, (directory, starts)  # the last attempt began after a checkpoint
     # Paths point into the bucket, the endpoint kept in the URI.
     query = s3_storage[s3_storage.index("?"):]
     assert all(p.startswith(f"s3://{BUCKET}/studies/{name}/") and p.endswith(query) for p in results.trials["path"])

@@ -45,7 +45,8 @@ def artifact_encoder(uri: str) -> dict:
 
 def test_smoke_study_end_to_end(tmp_path):
     storage = tmp_path / "studies"
-    run = run_study_cli(["run", str(SPECS / "smoke.yaml"), "--name", "smoke"], tmp_path, storage)
+    # the demo's study file, one seed instead of two (suite time)
+    run = run_study_cli(["run", str(SPECS / "smoke.yaml"), "--name", "smoke", "--set", "seeds=1"], tmp_path, storage)
     assert "study smoke finished" in run.stderr
 
     results = load_results(Storage(storage), "smoke")
