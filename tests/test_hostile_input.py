@@ -120,13 +120,15 @@ def test_no_study_name_escapes_the_storage(capsys, tmp_path, name):
     assert sorted(tmp_path.rglob("*")) == before
 
 
-@pytest.mark.parametrize("where", ["configurations.0.name", "pretraining", "name"])
+@pytest.mark.parametrize("where", ["configurations.0.name", "pretraining", "name", "tables"])
 def test_names_in_a_study_file_follow_the_same_rule(capsys, tmp_path, where):
     raw = smoke()
     if where == "pretraining":
         raw["pretraining"]["../up"] = raw["pretraining"].pop("cityscapes")
     elif where == "name":
         raw["name"] = "../up"
+    elif where == "tables":
+        raw["tables"][0]["name"] = "../up"
     else:
         raw["configurations"][0]["name"] = "../up"
     err = fails(capsys, "run", write_spec(tmp_path, raw), "--storage", tmp_path / "studies")

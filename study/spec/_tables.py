@@ -43,9 +43,9 @@ def _tables(value: Any, configurations: list, variants: list, float_dims: dict, 
             continue
         problems.known_keys(entry, TABLE_KEYS, path)
         name = entry.get("name")
-        if not isinstance(name, str) or not name or name in names:
+        if name in names:
             problems.add(f"{path}.name", f"expected a table name not used before, got {_kind(name)}")
-        else:
+        elif problems.name(name, f"{path}.name", "a table name") is not None:  # it names the table's files
             names.add(name)
         title = entry.get("title", name if isinstance(name, str) else "")
         if not isinstance(title, str):
