@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.segstudy-installed
 STORAGE ?= $(CURDIR)/studies
 
-.PHONY: setup demo test test-fast reference-results bench bench-input bench-step bench-overhead \
+.PHONY: setup demo test test-fast reference-results bench bench-input bench-step bench-overhead bench-read \
 	bench-study-wall gpu-kit gpu-dry-run
 
 setup: $(STAMP)
@@ -54,11 +54,14 @@ bench-step: $(STAMP)
 bench-overhead: $(STAMP)
 	$(PY) benchmarks/overhead.py $(ARGS)
 
+bench-read: $(STAMP)
+	$(PY) benchmarks/read_side.py $(ARGS)
+
 # report.yaml at full size: for a GPU machine (not part of `make bench`).
 bench-study-wall: $(STAMP)
 	$(PY) benchmarks/study_wall.py $(ARGS)
 
-bench: bench-input bench-step bench-overhead
+bench: bench-input bench-step bench-overhead bench-read
 	$(PY) benchmarks/summary.py
 
 # The GPU measurement (README "On a GPU machine"): the offline kit, built here with the registry,
