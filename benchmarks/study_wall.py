@@ -234,7 +234,7 @@ def run_once(args, overrides: list[str], env: dict, gpu_fraction: float | None, 
                                    for stage in ("pretrain", "main")},
         "trials_by_stage": {stage: int((trials["stage"] == stage).sum()) for stage in ("pretrain", "main")},
         "statuses": trials["status"].value_counts().to_dict(),
-        "trial_devices": sorted(set(trials["device"].dropna().tolist())),
+        "trial_devices": sorted(set(trials["run_device"].dropna().tolist())),
         "gpu": sampler.summary(),
         "trial_wall_seconds": trials[["trial_key", "stage", "wall_seconds"]].to_dict(orient="records"),
     }
