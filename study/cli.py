@@ -57,10 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
                                         "(default: $RAY_ADDRESS, else an embedded local Ray)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                      help="override a key of the study file, e.g. --set train.epochs=2 (repeatable)")
+    run.add_argument("--dashboard", action="store_true",
+                     help="start Ray's dashboard (needs ray[default]) and print its URL")
 
     resume = with_storage(command("resume", cmd_resume, "continue an interrupted study"))
     resume.add_argument("name")
     resume.add_argument("--address", help="Ray cluster to use (default: embedded local Ray)")
+    resume.add_argument("--dashboard", action="store_true",
+                        help="start Ray's dashboard (needs ray[default]) and print its URL")
 
     status = with_storage(command("status", cmd_status, "trials by state, best so far, where results are"))
     status.add_argument("name")
@@ -135,13 +139,13 @@ def cmd_run(args) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec, overrides=args.overrides)
-    return run_study(spec, _storage(args), name=args.name, address=args.address)
+    return run_study(spec, _storage(args), name=args.name, address=args.address, dashboard=args.dashboard)
 
 
 def cmd_resume(args) -> int:
     from study.runner import resume_study
 
-    return resume_study(_storage(args), args.name, address=args.address)
+    return resume_study(_storage(args), args.name, address=args.address, dashboard=args.dashboard)
 
 
 def cmd_status(args) -> int:

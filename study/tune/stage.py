@@ -12,13 +12,15 @@ import os
 import re
 import sys
 
+from study.errors import StudyError
 from study.events import EventLog
 from study.plan import Plan, SearchPlan
 from study.storage import Storage
-from study.tune.callback import StudyProgress, attach
+from study.tune.callback import StageTotals, StudyProgress, attach
 from trainables.trial import StudyContext, trial_dirname
 
-# Tune's loggers we do not use (CSV, TensorBoard) stay off: result.json is the record.
+# Tune's automatic loggers (CSV, TensorBoard) stay off: result.json is the record; TensorBoard files are
+# written when the study file asks for them (tracking.tensorboard), with hparams (study/tune/tracking.py).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Our progress lines replace Tune's tables; Tune's snapshot warning is about the forced
 # state snapshot at each checkpoint, which is what makes resume exact.
@@ -26,18 +28,40 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 
-def init_ray(address: str | None) -> bool:
-    """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it."""
+def init_ray(address: str | None, dashboard: bool = False) -> bool:
+    """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it.
+
+    `dashboard`: start Ray's dashboard with the embedded Ray (check_dashboard first), or name the cluster's, and
+    print its URL.
+    """
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         say(f"connecting to the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=False)
-        return False
-    # address="local": never join a stale cluster that `ray start` recorded on this machine.
-    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
-    return True
+        context = ray.init(address=address, log_to_driver=False)
+        started = False
+    else:
+        # address="local": never join a stale cluster that `ray start` recorded on this machine.
+        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                           log_to_driver=False, configure_logging=False)
+        started = True
+    if dashboard:
+        url = getattr(context, "dashboard_url", None)
+        say(f"Ray dashboard: http://{url}" if url else "the Ray cluster has no dashboard (start it with ray[default] "
+                                                       "installed and --include-dashboard=true)")
+    return started
+
+
+def check_dashboard(address: str | None) -> None:
+    """`study run --dashboard` with an embedded Ray needs ray[default]: say so before anything starts."""
+    if address or os.environ.get("RAY_ADDRESS"):
+        return  # the cluster's dashboard, if it has one
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401 (what Ray itself imports to decide)
+    except ImportError as error:
+        raise StudyError(f"--dashboard: Ray's dashboard needs ray[default] (pip install 'ray[default]'); this "
+                         f"installation lacks it ({error})") from None
 
 
 def shutdown_ray() -> None:
@@ -83,7 +107,10 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
                            variants=search.labels if search else {}, encoders=encoders)
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
-    attach(stage, events)
+    concurrency = plan.execution.max_concurrent or default_concurrency(resources)
+    attach(stage, events, StageTotals(trials=search.num_samples if search else len(trials),
+                                      epochs=int(search.base_config["epochs"]) if search else None,
+                                      concurrency=concurrency))
     experiment, filesystem = tune_location(storage, name, stage)
     if not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         say(f"[{stage}] restoring the experiment at {storage.uri(name, stage)}")
@@ -96,7 +123,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
 
     execution = plan.execution
     tune_config = dict(
-        max_concurrent_trials=execution.max_concurrent or default_concurrency(resources),
+        max_concurrent_trials=concurrency,
         reuse_actors=True,
         scheduler=make_scheduler(plan, stage),
         trial_dirname_creator=_trial_dirname,
@@ -115,12 +142,23 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
         failure_config=tune.FailureConfig(max_failures=execution.max_failures),
         # The latest checkpoint only: a finished trial's last one holds its final (and best) weights.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[JsonLoggerCallback(), StudyProgress(stage)],
+        callbacks=[JsonLoggerCallback(), StudyProgress(stage), *stage_trackers(plan, stage, context)],
         verbose=0,
     )
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                        run_config=run_config)
     return fit_watched(tuner)
+
+
+def stage_trackers(plan: Plan, stage: str, context: StudyContext) -> list:
+    """The study file's trackers (MLflow, W&B, TensorBoard) as Tune callbacks for one stage."""
+    if not plan.execution.tracking.any:
+        return []
+    from study.tune.tracking import TrialFacts, study_id, tracking_callbacks
+
+    facts = TrialFacts(study=plan.study_name, study_id=study_id(plan.study_name, plan.created), stage=stage,
+                       context=StudyContext(base=context.base, variants=context.variants))
+    return tracking_callbacks(plan.execution.tracking, facts)
 
 
 LOST_CHECKPOINT = re.compile(
@@ -176,8 +214,12 @@ class TuneLogWatch(logging.Filter):
     progress output; Tune's resume hint names Tuner.restore, ours `study resume`.
     """
 
-    QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted")
-    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller")
+    QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted",
+             # Tune's timing warnings ("... may be a performance bottleneck. Please consider reporting results
+             # less frequently"): a trial reports once per epoch, and a tracker's first result waits for its
+             # logging actor (W&B) to start; nothing a study's user can act on.
+             "The `", "Processing trial results took")
+    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.utils.util")
 
     def __init__(self):
         super().__init__()
@@ -242,35 +284,20 @@ def variant_space(search: SearchPlan):
     return VariantSpace(tuple(search.labels), tuple((k, tuple(v)) for k, v in search.float_dims.items()))
 
 
-def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials) -> None:
-    """After the sweep: each Tune trial once in the Optuna study, with its final state and value.
+def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials, epochs) -> None:
+    """After the sweep: the Optuna study rebuilt from the study's record (study/tune/searcher.py).
 
-    `trials`: the study's record (results.trials) of the main stage.
+    `trials`, `epochs`: the study's record (results.trials, results.epochs).
     """
     import optuna
 
-    from study.record import ENDED
-    from study.tune.searcher import reconcile_optuna_study
+    from study.tune.searcher import reconcile_optuna_study, searched_trials
 
     url = optuna_storage_url(plan, storage, name)
     if url is None:
         return
-    metric = plan.execution.scheduler.metric
-    from study.results import ABANDONED
-
-    ended = trials[(trials["stage"] == "main") & trials["status"].isin([s.value for s in ENDED])
-                   & (trials["error"].fillna("") != ABANDONED)]
-    labels = plan.search.labels
-    tune_trials = []
-    for row in ended.to_dict("records"):
-        config = {"variant": row["config_name"], **{dim: row[dim] for dim in plan.search.float_dims}}
-        if config["variant"] not in labels:
-            continue
-        tune_trials.append({"trial_id": row["trial_id"], "config": config, "status": row["status"],
-                            "value": row.get(f"final_{metric}")})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, variant_space(plan.search),
-                                     metric, plan.execution.scheduler.mode, tune_trials)
+    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, plan, searched_trials(plan, trials, epochs))
     say(f"[optuna] {outcome}")
 
 
