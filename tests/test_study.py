@@ -83,7 +83,7 @@ def test_smoke_study_end_to_end(tmp_path):
     planned = len(plan.trials)
     assert "[main] started fcn_scratch-s0 (configuration fcn_scratch, lr 0.001)" in run.stderr
     summaries = [line for line in run.stderr.splitlines() if re.match(rf"\[main\] \d+/{planned} done", line)]
-    assert any(re.search(r"ETA \d+(s|m\d\ds)$", line) for line in summaries[:-1]), summaries
+    assert any(re.search(r"ETA \d+(s|m\d\ds|h\d\dm)$", line) for line in summaries[:-1]), summaries
     assert summaries[-1].startswith(f"[main] {planned}/{planned} done ({planned} finished), 0 running; best val mIoU ")
     assert "[pretrain] 1/1 done (1 finished)" in run.stderr and "pending]" not in run.stderr
     # MLflow: a run per trial (pretraining included), the trial's settings as params, val mIoU at each validation
