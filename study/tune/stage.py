@@ -48,8 +48,11 @@ def init_ray(address: str | None, dashboard: bool = False) -> bool:
         started = True
     if dashboard:
         url = getattr(context, "dashboard_url", None)
-        say(f"Ray dashboard: http://{url}" if url else "the Ray cluster has no dashboard (start it with ray[default] "
-                                                       "installed and --include-dashboard=true)")
+        # Ray 2.60 turns on token authentication by default (it sets RAY_AUTH_MODE=token): the page asks for it.
+        token = (" (Ray's token authentication is on: the page asks for the token in ~/.ray/auth_token)"
+                 if os.environ.get("RAY_AUTH_MODE") == "token" else "")
+        say(f"Ray dashboard: http://{url}{token}" if url else
+            "the Ray cluster has no dashboard (start it with ray[default] installed and --include-dashboard=true)")
     return started
 
 

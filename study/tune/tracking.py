@@ -396,10 +396,16 @@ class StudyTensorBoardLogger(TBXLoggerCallback):
         if writer is None:
             return
         with self.guard("ending a run"):
+            from tensorboardX.proto.api_pb2 import Status
+            from tensorboardX.proto.plugin_hparams_pb2 import HParamsPluginData
             from tensorboardX.summary import hparams
 
-            if not failed:  # a session without an end shows as unfinished in the HParams tab
-                writer.file_writer.add_summary(hparams({}, {})[2])
+            session_end = hparams({}, {})[2]  # tensorboardX's session end says success: say failure for an error
+            content = session_end.value[0].metadata.plugin_data
+            data = HParamsPluginData.FromString(content.content)
+            data.session_end_info.status = Status.Value("STATUS_FAILURE" if failed else "STATUS_SUCCESS")
+            content.content = data.SerializeToString()
+            writer.file_writer.add_summary(session_end)
             writer.close()
 
 
