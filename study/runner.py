@@ -21,7 +21,7 @@ from study.events import EventLog
 from study.folder import read_plan, read_study_file, spec_copy_notes, write_study_file
 from study.lock import study_lock
 from study.names import check_name
-from study.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, PretrainJob, datasets_of, make_plan
+from study.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, PretrainJob, datasets_of, make_plan, plan_tracking
 from study.record import ENDED, Stage, StudyState, TrialState
 from study.results import StudyResults, load_results
 from study.spec import StudySpec, loads
@@ -41,7 +41,7 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
         if storage.is_study(name):
             raise StudyError(f"a study named {name!r} already exists in {storage.root}: continue it with "
                              f"`{resume_command(storage, name)}`, or pick another --name")
-        tracking = preflight(spec.tracking, spec.source_path, address, dashboard)
+        tracking = preflight(plan_tracking(spec.tracking, name), spec.source_path, address, dashboard)
         generate_missing_datasets(datasets_of(spec))
         plan = make_plan(spec, dataset_fingerprint, study_name=name)
         build_caches(plan)

@@ -277,7 +277,7 @@ def test_trackers_follow_a_study_killed_and_resumed_and_the_terminal_shows_its_p
         crash_driver_when(driver, lambda: any(v.state.value == "running" and (v.last_epoch or 0) in (3, 5)
                                               for v in driver_views(storage / "tk")),
                           log, "the trial one epoch past a checkpoint")
-        assert "tracking: MLflow at " + uri in log.read_text()
+        assert f"tracking: MLflow at {uri}, experiment tk; W&B offline, project tk; TensorBoard" in log.read_text()
         returncode, screen = run_in_pty(["resume", "tk"], tmp_path, storage)
         assert returncode == 0, screen[-5000:]
 

@@ -29,6 +29,7 @@ each keeps only its settings in its pickled state (`__getstate__`), as StudyProg
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import netrc
 import os
@@ -70,7 +71,8 @@ TIMEOUT_S = 5.0
 def check_tracking(tracking: TrackingSpec, where: str) -> str | None:
     """Each tracker's package is installed and its server answers; a StudyError naming the key otherwise.
 
-    `where` names the study file in messages. Returns a line saying where the trials are tracked (None: nowhere).
+    `tracking`: the plan's (defaults filled in); `where` names the study file in messages. Returns a line saying
+    where the trials are tracked (None: nowhere).
     """
     if not tracking.any:
         return None
@@ -82,11 +84,11 @@ def check_tracking(tracking: TrackingSpec, where: str) -> str | None:
     if tracking.mlflow is not None:
         uri = tracking.mlflow.tracking_uri
         _check_mlflow(uri, where)
-        said.append(f"MLflow at {uri} (experiment {tracking.mlflow.experiment or 'named after the study'})")
+        said.append(f"MLflow at {uri}, experiment {tracking.mlflow.experiment}")
     if tracking.wandb is not None:
         if tracking.wandb.mode == "online":
             _check_wandb_online(where)
-        said.append(f"W&B {tracking.wandb.mode} (project {tracking.wandb.project or 'named after the study'})")
+        said.append(f"W&B {tracking.wandb.mode}, project {tracking.wandb.project}")
     if tracking.tensorboard:
         said.append("TensorBoard event files in each trial's folder")
     return "tracking: " + "; ".join(said)
@@ -232,6 +234,7 @@ class StudyMLflowLogger(MLflowLoggerCallback):
         self.__init__(state["facts"], state["tracking_uri"], state["experiment"])
 
     def setup(self, *args, **kwargs):
+        logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its INFO lines (database set-up) in our progress
         with self.guard("connecting"):
             super().setup(*args, **kwargs)  # the experiment, created if it does not exist
             from mlflow.tracking import MlflowClient
