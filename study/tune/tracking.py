@@ -13,7 +13,8 @@ TBXLoggerCallback), each subclassed only where the stock callback cannot do what
   run ids live in the driver's memory), so ours finds the trial's run by its tags; W&B gets a run
   id derived from the study and trial key with resume="allow"; TensorBoard writes a new event
   file in the same run folder. Epochs that a resumed trial trains again (from a checkpoint
-  older than its last report) are not logged twice;
+  older than its last report) are not logged twice, and epochs that a killed driver never saw
+  (the trial trained on until the kill) are logged from the trial's newest checkpoint;
 - TensorBoard: hparams as session start/end summaries only, so TensorBoard's HParams tab builds
   one experiment from all trials (the stock callback writes an experiment summary per trial,
   and TensorBoard then takes one trial's values as the whole domain).
@@ -192,6 +193,46 @@ def result_epoch(result: dict) -> int | None:
     return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
 
 
+def epochs_to_log(trial, result: dict, logged: int) -> list[tuple[int, dict]]:
+    """(epoch, metrics) to log for a result, after the `logged` epochs the tracker's run already holds.
+
+    Nothing for an epoch logged already (a resumed trial trains again from a checkpoint older than its last
+    report). Epochs missing before this one are taken from the trial's newest checkpoint: a driver killed
+    while the trial trained on never saw them (the study's record takes them from there too), and a tracker
+    starting afresh in a new driver (W&B, TensorBoard) logs the whole history again.
+    """
+    epoch = result_epoch(result)
+    if epoch is None or epoch <= logged:
+        return []
+    earlier = saved_records(trial, logged, epoch) if epoch > logged + 1 else []
+    return [(record["epoch"], epoch_metrics(record)) for record in earlier] + [(epoch, epoch_metrics(result))]
+
+
+def saved_records(trial, after: int, before: int) -> list[dict]:
+    """The epoch records after < epoch < before that the newest readable checkpoint in the trial's folder holds."""
+    import pyarrow.fs as pafs
+
+    from trainables.checkpoint import TRIAL_FILE, CheckpointError, checkpoint_index, parse_trial_json
+    from trainables.records import flat
+
+    filesystem = trial.storage.storage_filesystem
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(trial.path, allow_not_found=True))
+    except OSError:
+        return []
+    kept = sorted((checkpoint_index(i.base_name), i.path) for i in infos
+                  if i.type == pafs.FileType.Directory and checkpoint_index(i.base_name) is not None)
+    for _, path in reversed(kept):
+        try:
+            with filesystem.open_input_stream(f"{path}/{TRIAL_FILE}") as stream:
+                content = parse_trial_json(stream.read().decode(), f"{path}/{TRIAL_FILE}")
+        except (OSError, UnicodeDecodeError, CheckpointError):
+            continue
+        records = [flat(r) for r in content["records"] if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
+        return sorted((r for r in records if after < r["epoch"] < before), key=lambda r: r["epoch"])
+    return []
+
+
 class _Guard:
     """A tracker failure is one line on stderr (once per tracker and kind), never the end of the study."""
 
@@ -266,16 +307,16 @@ class StudyMLflowLogger(MLflowLoggerCallback):
     def log_trial_result(self, iteration, trial, result):
         if trial not in self._trial_runs:
             self.log_trial_start(trial)
-        epoch = result_epoch(result)
-        if trial not in self._trial_runs or epoch is None or epoch <= self.logged.get(trial, 0):
+        if trial not in self._trial_runs:
             return
         with self.guard("logging metrics"):
             from mlflow.entities import Metric
 
-            now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, epoch) for k, v in epoch_metrics(result).items()]
-            self.client.log_batch(self._trial_runs[trial], metrics=metrics)
-            self.logged[trial] = epoch
+            for epoch, metrics in epochs_to_log(trial, result, self.logged.get(trial, 0)):
+                now = int(time.time() * 1000)
+                self.client.log_batch(self._trial_runs[trial], metrics=[Metric(k, v, now, epoch)
+                                                                        for k, v in metrics.items()])
+                self.logged[trial] = epoch
 
     def log_trial_end(self, trial, failed: bool = False):
         run_id = self._trial_runs.pop(trial, None)
@@ -328,13 +369,11 @@ class StudyWandbLogger(WandbLoggerCallback):
                 **where, **self.kwargs)
 
     def log_trial_result(self, iteration, trial, result):
-        epoch = result_epoch(result)
-        if epoch is None or epoch <= self.logged.get(trial, 0):
-            return
         with self.guard("logging metrics"):
-            # the logging actor logs at step = training_iteration: the epoch here
-            super().log_trial_result(iteration, trial, {**epoch_metrics(result), "training_iteration": epoch})
-            self.logged[trial] = epoch
+            for epoch, metrics in epochs_to_log(trial, result, self.logged.get(trial, 0)):
+                # the logging actor logs at step = training_iteration: the epoch here
+                super().log_trial_result(iteration, trial, {**metrics, "training_iteration": epoch})
+                self.logged[trial] = epoch
 
     def log_trial_end(self, trial, failed: bool = False):
         self.logged.pop(trial, None)
@@ -368,6 +407,8 @@ class StudyTensorBoardLogger(TBXLoggerCallback):
             else:  # as the stock callback, in the trial's folder itself (after a resume: a new event file there)
                 if trial in self._trial_writer:
                     self._trial_writer[trial].close()
+                else:  # a trial resumed by a later driver: its earlier event files hold these epochs already
+                    self.logged[trial] = logged_epochs(folder)
                 os.makedirs(folder, exist_ok=True)
                 self._trial_writer[trial] = self._summary_writer_cls(folder, flush_secs=30)
                 self._trial_result[trial] = {}
@@ -382,15 +423,15 @@ class StudyTensorBoardLogger(TBXLoggerCallback):
     def log_trial_result(self, iteration, trial, result):
         if trial not in self._trial_writer:
             self.log_trial_start(trial)
-        epoch = result_epoch(result)
-        if trial not in self._trial_writer or epoch is None or epoch <= self.logged.get(trial, 0):
+        if trial not in self._trial_writer:
             return
         with self.guard("logging metrics"):
             writer = self._trial_writer[trial]
-            for key, value in epoch_metrics(result).items():
-                writer.add_scalar(key, value, global_step=epoch)
+            for epoch, metrics in epochs_to_log(trial, result, self.logged.get(trial, 0)):
+                for key, value in metrics.items():
+                    writer.add_scalar(key, value, global_step=epoch)
+                self.logged[trial] = epoch
             writer.flush()
-            self.logged[trial] = epoch
 
     def log_trial_end(self, trial, failed: bool = False):
         self.logged.pop(trial, None)
@@ -410,6 +451,24 @@ class StudyTensorBoardLogger(TBXLoggerCallback):
             content.content = data.SerializeToString()
             writer.file_writer.add_summary(session_end)
             writer.close()
+
+
+def logged_epochs(folder: str) -> int:
+    """The last epoch that the event files in a trial's folder hold (0: none, or TensorBoard cannot be read)."""
+    try:
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    except ImportError:  # tensorboardX writes; TensorBoard (the tracking extra) reads
+        return 0
+    last = 0
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.startswith("events.out.tfevents."):
+            try:
+                for event in EventFileLoader(os.path.join(folder, name)).Load():
+                    if any(value.tag == "epoch" for value in event.summary.value):
+                        last = max(last, int(event.step))
+            except Exception:  # noqa: BLE001 (a damaged file: log everything again rather than fail)
+                continue
+    return last
 
 
 def local_trial_folder(trial) -> str | None:
