@@ -98,10 +98,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override a key of the study file, e.g. --set train.epochs=2 (repeatable)")
     run.add_argument("--allow-large", action="store_true",
                      help=f"run a grid of more than {MAX_TRIALS:,} trials (refused otherwise, as a likely mistake)")
+    run.add_argument("--dashboard", action="store_true",
+                     help="start Ray's dashboard (needs ray[default]) and print its URL")
 
     resume = with_storage(command("resume", cmd_resume, "continue an interrupted study"))
     resume.add_argument("name")
     resume.add_argument("--address", help="Ray cluster to use (default: embedded local Ray)")
+    resume.add_argument("--dashboard", action="store_true",
+                        help="start Ray's dashboard (needs ray[default]) and print its URL")
 
     status = with_storage(command("status", cmd_status, "trials by state, best so far, where results are"))
     status.add_argument("name")
@@ -222,13 +226,13 @@ def cmd_run(args) -> int:
     from study.spec import load_spec
 
     spec = load_spec(args.spec, overrides=args.overrides, allow_large=args.allow_large)
-    return run_study(spec, _storage(args), name=args.name, address=args.address)
+    return run_study(spec, _storage(args), name=args.name, address=args.address, dashboard=args.dashboard)
 
 
 def cmd_resume(args) -> int:
     from study.runner import resume_study
 
-    return resume_study(_storage(args), args.name, address=args.address)
+    return resume_study(_storage(args), args.name, address=args.address, dashboard=args.dashboard)
 
 
 def cmd_status(args) -> int:

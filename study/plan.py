@@ -5,7 +5,8 @@ it into a Plan and writes `plan.json`; from then on the runner runs the plan (ne
 study file), `resume` continues the plan, and status, report and export read it. It holds
 the pretraining jobs (each keyed by a content hash, so an encoder is made once per
 storage), the main trials or the search, the execution settings (scheduler, resources,
-concurrency, failures, the searcher's arguments pinned explicitly), the declared tables,
+concurrency, failures, the searcher's arguments pinned explicitly, where trials are tracked:
+MLflow, W&B, TensorBoard), the declared tables,
 the package versions that planned it, and the study file as run with its sha256: a
 `spec.yaml` edited afterwards is detected and the plan's own copy is used.
 """
@@ -20,12 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from study.errors import StudyError
-from study.spec import RowSpec, StudySpec, TableSpec
+from study.spec import RowSpec, StudySpec, TableSpec, TrackingSpec
 from trainables.trial import variant_label
 
 PLAN_FILE = "plan.json"
 SPEC_FILE = "spec.yaml"
-PLAN_VERSION = 2
+PLAN_VERSION = 3  # 3: execution.tracking
 VERSIONED_PACKAGES = ("segstudy", "torch", "torchvision", "ray", "optuna", "pandas", "pyarrow")
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
 EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
@@ -94,6 +95,8 @@ class Execution:
     gpu: float
     max_concurrent: int | None
     max_failures: int
+    # MLflow / W&B / TensorBoard, defaults filled in (experiment and project: the study's name)
+    tracking: TrackingSpec = TrackingSpec()
 
 
 @dataclass(frozen=True)
@@ -157,7 +160,8 @@ class Plan:
                 search=SearchPlan(**search) if search else None,
                 dropped=list(data["dropped"]),
                 execution=Execution(**{**execution, "scheduler": SchedulerPlan(**execution["scheduler"]),
-                                       "searcher": SearcherPlan(**execution["searcher"])}),
+                                       "searcher": SearcherPlan(**execution["searcher"]),
+                                       "tracking": TrackingSpec.from_dict(execution["tracking"])}),
                 tables=tuple(TableSpec(**{**t, "columns": tuple(t["columns"]),
                                           "rows": tuple(RowSpec(**r) for r in t["rows"])}) for t in data["tables"]),
                 spec_yaml=data["spec_yaml"], spec_sha256=data["spec_sha256"], versions=dict(data["versions"]),
@@ -198,7 +202,7 @@ def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_nam
         searcher=SearcherPlan(type=spec.searcher.type, seed=spec.searcher.seed, storage=spec.searcher.storage,
                               multivariate=spec.searcher.multivariate, constant_liar=spec.searcher.constant_liar),
         cpu=float(spec.resources.cpu), gpu=float(spec.resources.gpu), max_concurrent=spec.max_concurrent,
-        max_failures=spec.max_failures,
+        max_failures=spec.max_failures, tracking=plan_tracking(spec.tracking, study_name or spec.name),
     )
     spec_yaml = spec.to_yaml()
     return Plan(
@@ -208,6 +212,17 @@ def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_nam
         tables=spec.tables, spec_yaml=spec_yaml, spec_sha256=sha256(spec_yaml), versions=package_versions(),
         created=time.time(),
     )
+
+
+def plan_tracking(tracking: TrackingSpec, study_name: str) -> TrackingSpec:
+    """The study file's trackers with their defaults filled in: the MLflow experiment and W&B project are named
+    after the study (`study run --name`)."""
+    mlflow, wandb = tracking.mlflow, tracking.wandb
+    if mlflow is not None and mlflow.experiment is None:
+        mlflow = dataclasses.replace(mlflow, experiment=study_name)
+    if wandb is not None and wandb.project is None:
+        wandb = dataclasses.replace(wandb, project=study_name)
+    return TrackingSpec(mlflow=mlflow, wandb=wandb, tensorboard=tracking.tensorboard)
 
 
 def pretrain_key(config: dict, fingerprint: Callable[[str, str], str]) -> str:

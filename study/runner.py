@@ -21,7 +21,7 @@ from study.events import EventLog
 from study.folder import read_plan, read_study_file, spec_copy_notes, write_study_file
 from study.lock import study_lock
 from study.names import check_name
-from study.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, PretrainJob, datasets_of, make_plan
+from study.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, PretrainJob, datasets_of, make_plan, plan_tracking
 from study.record import ENDED, Stage, StudyState, TrialState
 from study.results import StudyResults, load_results
 from study.spec import StudySpec, loads
@@ -34,7 +34,8 @@ INTERRUPTED_EXIT = 130
 
 
 # -- entry points -------------------------------------------------------------
-def run_study(spec: StudySpec, storage: Storage, name: str | None = None, address: str | None = None) -> int:
+def run_study(spec: StudySpec, storage: Storage, name: str | None = None, address: str | None = None,
+              dashboard: bool = False) -> int:
     from study.tune.stage import check_reachable
 
     name = check_name(spec.name if name is None else name, "--name")
@@ -46,18 +47,20 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
         if storage.is_study(name):
             raise StudyError(f"a study named {name!r} already exists in {storage.root}: continue it with "
                              f"`{resume_command(storage, name)}`, or pick another --name")
+        tracking = preflight(plan_tracking(spec.tracking, name), spec.source_path, address, dashboard)
         generate_missing_datasets(datasets_of(spec))
         plan = make_plan(spec, dataset_fingerprint, study_name=name)
         build_caches(plan)
         storage.write_text(plan.spec_yaml, name, SPEC_FILE)
         storage.write_text(plan.to_json(), name, PLAN_FILE)
         say(f"study {name}: {plan.describe()}; storage {storage.uri(name)}")
-        return execute(plan, storage, name, address)
+        if tracking:
+            say(tracking)
+        return execute(plan, storage, name, address, dashboard)
 
 
-def resume_study(storage: Storage, name: str, address: str | None = None) -> int:
+def resume_study(storage: Storage, name: str, address: str | None = None, dashboard: bool = False) -> int:
     from study.tune.stage import check_reachable
-
     storage.require_study(name)
     check_reachable(address)
     with study_lock(storage, name):
@@ -70,10 +73,27 @@ def resume_study(storage: Storage, name: str, address: str | None = None) -> int
             write_study_file(storage, name, StudyState.FINISHED, history)
             say(f"study {name} is already finished; nothing to resume (see `study status {name}`)")
             return 0
+        tracking = preflight(plan.execution.tracking, storage.uri(name, SPEC_FILE), address, dashboard)
         generate_missing_datasets(plan.datasets)
         build_caches(plan)
         say(f"resuming study {name}: {plan.describe()}")
-        return execute(plan, storage, name, address)
+        if tracking:
+            say(tracking)
+        return execute(plan, storage, name, address, dashboard)
+
+
+def preflight(tracking, where: str, address: str | None, dashboard: bool) -> str | None:
+    """What must work before Ray starts: the trackers the study file names, the dashboard it asks for.
+    Returns the line saying where trials are tracked (None: nowhere)."""
+    if dashboard:
+        from study.tune.stage import check_dashboard
+
+        check_dashboard(address)
+    if not tracking.any:
+        return None
+    from study.tune.tracking import check_tracking  # imports Ray's logger callbacks: only when needed
+
+    return check_tracking(tracking, where)
 
 
 def plan_for_resume(storage: Storage, name: str) -> Plan:
@@ -120,11 +140,11 @@ def resume_command(storage: Storage, name: str) -> str:
 
 
 # -- the two stages -----------------------------------------------------------
-def execute(plan: Plan, storage: Storage, name: str, address: str | None) -> int:
+def execute(plan: Plan, storage: Storage, name: str, address: str | None, dashboard: bool = False) -> int:
     from study.tune.stage import init_ray, shutdown_ray, trial_resources
 
     _, history = _study_history(storage, name)
-    started_ray = init_ray(address)  # first: a study whose cluster cannot be reached is never "running"
+    started_ray = init_ray(address, dashboard)  # first: a study whose cluster cannot be reached is never "running"
     history.append({"started": time.time(), "host": socket.gethostname(), "pid": os.getpid(),
                     "address": address or "local"})
     write_study_file(storage, name, StudyState.RUNNING, history)
@@ -227,7 +247,7 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
         finalize_stopped_trials(storage, results)
         audit = audit_study(plan, results.rows)
         if audit.complete:
-            sync_optuna_study(plan, storage, name, results.trials)
+            sync_optuna_study(plan, storage, name, results.trials, results.epochs)
         return audit.complete
     trials = [{**t.config, "trial_key": t.trial_key, "config_name": t.config_name, "stage": "main"}
               for t in plan.trials]

@@ -140,18 +140,34 @@ def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     assert main["weights_final"].notna().all()
     assert not [p for key in main["trial_key"] for p in (storage / "o" / "main" / key).glob("checkpoint_*/state.pt")]
 
+    # The Optuna study, rebuilt from the record: each trial once, stopped ones PRUNED with their value per epoch
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{storage / 'o' / 'optuna.db'}")
-    optuna_trials = study.get_trials(deepcopy=False)
-    assert [t.state.name for t in optuna_trials] == ["COMPLETE"] * 6
-    assert sorted(t.user_attrs.get("tune_trial_id") or "" for t in optuna_trials) == sorted(main["trial_id"]) \
-        or "agrees with Tune" in resumed.stderr
-    assert sorted(t.value for t in optuna_trials) == pytest.approx(sorted(main["final_val_miou"]))
+    optuna_trials = {t.user_attrs["trial_key"]: t for t in study.get_trials(deepcopy=False)}
+    assert sorted(optuna_trials) == sorted(main["trial_key"])
+    assert sorted(t.user_attrs["tune_trial_id"] for t in optuna_trials.values()) == sorted(main["trial_id"])
+    epochs = results.epochs
+    for row in main.to_dict("records"):
+        trial = optuna_trials[row["trial_key"]]
+        assert trial.state.name == {"finished": "COMPLETE", "early_stopped": "PRUNED"}[row["status"]]
+        assert trial.value == pytest.approx(row["final_val_miou"])
+        own = epochs[(epochs["trial_key"] == row["trial_key"]) & epochs["validated"]]
+        assert trial.intermediate_values == pytest.approx(dict(zip(own["epoch"], own["val_miou"])))
+        assert max(trial.intermediate_values) == row["epochs_run"]
+        assert {k: trial.user_attrs[k] for k in ("config_name", "arch", "pretrain", "freeze", "segformer_stem")} == \
+            {k: row[k] for k in ("config_name", "arch", "pretrain", "freeze", "segformer_stem")}
+        assert trial.params == {"pretrain": row["pretrain"], "freeze": row["freeze"],
+                                "segformer_stem": row["segformer_stem"], "lr": pytest.approx(row["lr"])}
+    assert "pruned by ASHA" in resumed.stderr
+    # each categorical setting is its own parameter, so importance analysis separates them
+    assert set(optuna.importance.get_param_importances(study)) == {"pretrain", "freeze", "segformer_stem", "lr"}
+    assert study.user_attrs["optuna_version"] == optuna.__version__
+    assert study.user_attrs["sampler"] == {"class": "TPESampler", "seed": 0, "multivariate": True,
+                                           "constant_liar": True}
     # each sampled setting is a typed column: the variant's categorical settings and the sampled lr
     labels = {variant_label(v): v for v in results.plan.search.variants}
     for row in main.to_dict("records"):
         assert all(row[k] == v for k, v in labels[row["config_name"]].items()), row["config_name"]
         assert 1e-4 <= row["lr"] <= 3e-3 and row["epochs"] == 4 and row["image_height"] == 32
-    assert sorted(t.params["lr"] for t in optuna_trials) == pytest.approx(sorted(main["lr"]))
 
     run_study_cli(["report", "o"], tmp_path, storage)
     assert (storage / "o" / "report" / "report.md").exists()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import signal
 import subprocess
@@ -44,9 +46,13 @@ def artifact_encoder(uri: str) -> dict:
 
 
 def test_smoke_study_end_to_end(tmp_path):
+    from mlflow.tracking import MlflowClient
+
     storage = tmp_path / "studies"
-    # the demo's study file, one seed instead of two (suite time)
-    run = run_study_cli(["run", str(SPECS / "smoke.yaml"), "--name", "smoke", "--set", "seeds=1"], tmp_path, storage)
+    # the demo's study file, one seed instead of two (suite time); MLflow without a server: a database file
+    mlflow_db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = run_study_cli(["run", str(SPECS / "smoke.yaml"), "--name", "smoke", "--set", "seeds=1",
+                         "--set", f"tracking.mlflow.tracking_uri={mlflow_db}"], tmp_path, storage)
     assert "study smoke finished" in run.stderr
 
     results = load_results(Storage(storage), "smoke")
@@ -71,6 +77,23 @@ def test_smoke_study_end_to_end(tmp_path):
         trained = encoder_of(weights)
         assert trained.keys() == pretrained.keys()
         assert all(torch.equal(trained[k], pretrained[k]) for k in pretrained)
+
+    # progress, not on a terminal: what each trial is, done/total with an ETA, the end in the project's words
+    planned = len(plan.trials)
+    assert "[main] started fcn_scratch-s0 (configuration fcn_scratch, lr 0.001)" in run.stderr
+    summaries = [line for line in run.stderr.splitlines() if re.match(rf"\[main\] \d+/{planned} done", line)]
+    assert any(re.search(r"ETA \d+(s|m\d\ds|h\d\dm)$", line) for line in summaries[:-1]), summaries
+    assert summaries[-1].startswith(f"[main] {planned}/{planned} done ({planned} finished), 0 running; best val mIoU ")
+    assert "[pretrain] 1/1 done (1 finished)" in run.stderr and "pending]" not in run.stderr
+    # MLflow: a run per trial (pretraining included), the trial's settings as params, val mIoU at each validation
+    client = MlflowClient(tracking_uri=mlflow_db)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])}
+    assert sorted(runs) == sorted(results.trials["trial_key"])
+    for row in results.trials.to_dict("records"):
+        mlflow_run = runs[row["trial_key"]]
+        assert mlflow_run.data.tags["stage"] == row["stage"] and mlflow_run.data.params["lr"] == str(row["lr"])
+        steps = [m.step for m in client.get_metric_history(mlflow_run.info.run_id, "val_miou")]
+        assert sorted(steps) == [e for e in range(1, row["epochs"] + 1) if e % 2 == 0 or e == row["epochs"]]
 
     status = run_study_cli(["status", "smoke", "--json"], tmp_path, storage)
     summary = json.loads(status.stdout)

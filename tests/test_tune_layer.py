@@ -92,3 +92,58 @@ def test_a_trials_pickled_error_is_removed_before_a_restore(stage_copy, tmp_path
     planted.write_bytes(pickle.dumps(Planted(tmp_path / "MARKER")))
     check_stage_folder(stage_copy, "t", "main")
     assert not planted.exists()  # Tune then reads error.txt, as the record does
+def test_what_the_tracking_callbacks_rely_on_in_ray():
+    """study/tune/tracking.py subclasses Ray's logger callbacks; a Ray upgrade that changes what they override or
+    call fails here, not silently in a user's tracker."""
+    import inspect
+
+    from ray.air.integrations import wandb as ray_wandb
+    from ray.air.integrations.mlflow import MLflowLoggerCallback
+    from ray.air.integrations.wandb import WandbLoggerCallback
+    from ray.tune.experiment import Trial
+    from ray.tune.logger import LoggerCallback, TBXLoggerCallback
+
+    def parameters(function) -> list[str]:
+        return list(inspect.signature(function).parameters)
+
+    for hook, called in (("on_trial_start", "log_trial_start"), ("on_trial_result", "log_trial_result"),
+                         ("on_trial_complete", "log_trial_end"), ("on_trial_error", "log_trial_end")):
+        assert called in inspect.getsource(getattr(LoggerCallback, hook)), hook
+    assert parameters(LoggerCallback.log_trial_start) == ["self", "trial"]
+    assert parameters(LoggerCallback.log_trial_result) == ["self", "iteration", "trial", "result"]
+    assert parameters(LoggerCallback.log_trial_end) == ["self", "trial", "failed"]
+    # MLflow: the experiment is set up by setup() into mlflow_util.experiment_id
+    assert {"tracking_uri", "experiment_name"} <= set(parameters(MLflowLoggerCallback.__init__))
+    assert "self.mlflow_util.setup_mlflow(" in inspect.getsource(MLflowLoggerCallback.setup)
+    assert "self.experiment_id =" in inspect.getsource(type(MLflowLoggerCallback().mlflow_util).setup_mlflow)
+    # W&B: keyword arguments go to wandb.init; the logging actor logs each result at step = training_iteration
+    assert parameters(WandbLoggerCallback._start_logging_actor) == ["self", "trial", "exclude_results",
+                                                                   "wandb_init_kwargs"]
+    assert "self.kwargs = kwargs" in inspect.getsource(WandbLoggerCallback.__init__)
+    assert "self._trial_queues[trial]" in inspect.getsource(WandbLoggerCallback._signal_logging_actor_stop)
+    assert "step=log.get(TRAINING_ITERATION)" in inspect.getsource(ray_wandb._WandbLoggingActor.run)
+    assert "_set_api_key(" in inspect.getsource(WandbLoggerCallback.setup)
+    # TensorBoard: one writer per trial in _trial_writer, made with _summary_writer_cls
+    source = inspect.getsource(TBXLoggerCallback)
+    assert all(name in source for name in ("self._trial_writer[trial] = self._summary_writer_cls(",
+                                           "self._trial_result[trial] = {}"))
+    # where a trial's folder is: Tune's storage context
+    assert isinstance(Trial.path, property) and "storage" in inspect.getsource(Trial.path.fget)
+
+
+def test_tracking_callbacks_pickle_their_settings_only():
+    """Tune pickles callbacks into the experiment (tuner.pkl); `study resume` unpickles them in a new driver."""
+    import pickle
+
+    from study.spec import MLflowSpec, TrackingSpec, WandbSpec
+    from study.tune.tracking import TrialFacts, tracking_callbacks
+    from trainables.trial import StudyContext
+
+    facts = TrialFacts(study="s", study_id="abc", stage="main", context=StudyContext(base={"epochs": 4}))
+    tracking = TrackingSpec(mlflow=MLflowSpec("sqlite:////nowhere/m.db", "s"), wandb=WandbSpec("p", None, "offline"),
+                            tensorboard=True)
+    for callback in tracking_callbacks(tracking, facts):
+        state = callback.__getstate__()
+        assert set(state) <= {"facts", "tracking_uri", "experiment", "project", "entity", "mode"}, state
+        again = pickle.loads(pickle.dumps(callback))
+        assert type(again) is type(callback) and again.__getstate__() == state

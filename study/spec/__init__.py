@@ -55,6 +55,16 @@ tables:                      # what `study report` shows; default: one row per c
                              # match keys: any column of trials.parquet that says what a trial is:
                              # config_name, trial_key, stage, status and every setting (arch, pretrain,
                              # lr, optimizer, batch_size, image_height, seed, ...)
+tracking:                    # also log each trial (pretraining jobs too) to trackers; default: none.
+                             # Needs `pip install 'segstudy[tracking]'` (mlflow-skinny, wandb, tensorboard).
+  mlflow:                    # one MLflow run per trial, named by its trial key
+    tracking_uri: http://127.0.0.1:5000   # a tracking server, sqlite:///FILE.db or a folder (relative to the
+                             # working directory); a server that does not answer is named before Ray starts
+    experiment: report       # default: the study's name
+  wandb: {project: report, entity: null, mode: online}   # project default: the study's name; entity default:
+                             # the login's; online needs `wandb login`, offline writes run folders into each
+                             # trial's folder (upload later with `wandb sync`)
+  tensorboard: false         # true: event files with hparams in each trial's folder (tensorboard --logdir)
 ```
 
 The main configurations of a grid study are the explicit `configurations` plus the
@@ -103,6 +113,7 @@ from study.spec._schema import (
     Configuration,
     DatasetSpec,
     Dimension,
+    MLflowSpec,
     PretrainSpec,
     ResourcesSpec,
     RowSpec,
@@ -110,6 +121,8 @@ from study.spec._schema import (
     SearcherSpec,
     StudySpec,
     TableSpec,
+    TrackingSpec,
+    WandbSpec,
 )
 from study.spec._validate import _validate
 
@@ -214,5 +227,5 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 __all__ = ["load_spec", "loads", "spec_from_dict", "StudySpec", "DatasetSpec", "Dimension", "Configuration",
-           "PretrainSpec", "SearcherSpec", "SchedulerSpec", "ResourcesSpec", "RowSpec", "TableSpec", "DEFAULTS",
-           "MATCH_COLUMNS", "TABLE_COLUMNS", "NAME", "MAX_TRIALS"]
+           "PretrainSpec", "SearcherSpec", "SchedulerSpec", "ResourcesSpec", "RowSpec", "TableSpec", "TrackingSpec",
+           "MLflowSpec", "WandbSpec", "DEFAULTS", "MATCH_COLUMNS", "TABLE_COLUMNS", "NAME", "MAX_TRIALS"]

@@ -12,7 +12,7 @@ from study.record import MATCHABLE
 from trainables.config import CHOICES, FIELDS, TrainConfig  # noqa: F401 (CHOICES: re-exported)
 
 TOP_KEYS = ("name", "description", "datasets", "train", "configurations", "space", "exclude", "seeds", "searcher",
-            "scheduler", "resources", "max_concurrent", "max_failures", "pretraining", "tables")
+            "scheduler", "resources", "max_concurrent", "max_failures", "pretraining", "tables", "tracking")
 DATASET_KEYS = ("root", "env", "generate")
 GENERATE_DEFAULTS = {"train": 32, "val": 16, "seed": 0}
 SEARCHER_KEYS = ("type", "num_samples", "seed", "storage", "multivariate", "constant_liar")
@@ -20,6 +20,10 @@ SCHEDULER_KEYS = ("type", "metric", "mode", "grace_period", "reduction_factor")
 SCHEDULER_METRICS = ("val_miou", "val_loss", "train_miou", "train_loss")
 RESOURCE_KEYS = ("cpu", "gpu")
 TABLE_KEYS = ("name", "title", "columns", "rows")
+TRACKING_KEYS = ("mlflow", "wandb", "tensorboard")
+MLFLOW_KEYS = ("tracking_uri", "experiment")
+WANDB_KEYS = ("project", "entity", "mode")
+WANDB_MODES = ("online", "offline")
 ROW_KEYS = ("label", "match")
 TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou", "best_val_miou")
 DEFAULT_TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou")
@@ -112,6 +116,48 @@ class ResourcesSpec:
 
 
 @dataclass(frozen=True)
+class MLflowSpec:
+    tracking_uri: str  # a server (http[s]://host:port), a database (sqlite:///abs/path.db, ...) or a folder
+    experiment: str | None = None  # None: the study's name (filled in by the plan)
+
+
+@dataclass(frozen=True)
+class WandbSpec:
+    project: str | None = None  # None: the study's name (filled in by the plan)
+    entity: str | None = None  # None: the W&B login's default entity
+    mode: str = "online"  # online | offline (run folders in each trial's folder, for `wandb sync`)
+
+
+@dataclass(frozen=True)
+class TrackingSpec:
+    """Where each trial is logged besides the study's record, by Tune's logger callbacks (study/tune/tracking.py)."""
+
+    mlflow: MLflowSpec | None = None
+    wandb: WandbSpec | None = None
+    tensorboard: bool = False
+
+    @property
+    def any(self) -> bool:
+        return bool(self.mlflow or self.wandb or self.tensorboard)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrackingSpec:
+        """From plan.json's `execution.tracking`; strict: an unknown or missing key raises KeyError/TypeError."""
+        def exact(value: dict, keys: tuple, what: str) -> dict:
+            if not isinstance(value, dict) or set(value) != set(keys):
+                raise TypeError(f"{what}: expected the keys {list(keys)}, got {value!r}"[:200])
+            return value
+
+        exact(data, TRACKING_KEYS, "tracking")
+        mlflow, wandb = data["mlflow"], data["wandb"]
+        if not isinstance(data["tensorboard"], bool):
+            raise TypeError(f"tracking.tensorboard: expected true or false, got {data['tensorboard']!r}")
+        return cls(mlflow=MLflowSpec(**exact(mlflow, MLFLOW_KEYS, "tracking.mlflow")) if mlflow is not None else None,
+                   wandb=WandbSpec(**exact(wandb, WANDB_KEYS, "tracking.wandb")) if wandb is not None else None,
+                   tensorboard=data["tensorboard"])
+
+
+@dataclass(frozen=True)
 class RowSpec:
     label: str
     match: dict
@@ -146,12 +192,15 @@ class StudySpec:
     raw: dict  # the file's mapping with the overrides applied
     overrides: tuple  # the --set strings applied
     source_path: str
+    tracking: TrackingSpec = TrackingSpec()
 
     def to_yaml(self) -> str:
         """The spec as run: the file with its overrides and the dataset roots it resolved (absolute)."""
         raw = copy.deepcopy(self.raw)
         for name, dataset in self.datasets.items():
             raw["datasets"][name]["root"] = dataset.root  # a resumed study finds the same data from any folder
+        if self.tracking.mlflow is not None:  # a relative sqlite file or folder, resolved like dataset roots
+            raw["tracking"]["mlflow"]["tracking_uri"] = self.tracking.mlflow.tracking_uri
         header = [f"# study file as run: {self.source_path}"] + [f"# --set {o}" for o in self.overrides]
         return "\n".join(header) + "\n" + yaml.safe_dump(raw, sort_keys=False)
 

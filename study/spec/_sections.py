@@ -20,6 +20,7 @@ from study.spec._schema import (
     MAX_GPU_PER_TRIAL,
     MAX_SAMPLES,
     MAX_SEEDS,
+    MLFLOW_KEYS,
     NOT_PER_TRIAL,
     NOT_SEARCHED,
     NOT_SETTINGS,
@@ -29,12 +30,18 @@ from study.spec._schema import (
     SEARCHED_SETTINGS,
     SEARCHER_KEYS,
     SETTINGS,
+    TRACKING_KEYS,
     TRIAL_SETTINGS,
+    WANDB_KEYS,
+    WANDB_MODES,
     DatasetSpec,
     Dimension,
+    MLflowSpec,
     ResourcesSpec,
     SchedulerSpec,
     SearcherSpec,
+    TrackingSpec,
+    WandbSpec,
 )
 from trainables.config import DATASETS, MAX_SEED
 
@@ -197,6 +204,74 @@ def _resources(value: Any, problems: _Problems) -> ResourcesSpec:
     if gpu is not None and gpu > 1 and gpu != int(gpu):
         problems.add("resources.gpu", f"expected a fraction of one GPU or a whole number of GPUs, got {gpu}")
     return ResourcesSpec(cpu=cpu or 1.0, gpu=gpu or 0.0)
+
+
+# MLflow tracking URI schemes (a URI without one is a local folder); sqlite and folders resolve to absolute paths.
+MLFLOW_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+WANDB_FORBIDDEN = set("/\\#?%:")  # characters W&B refuses in project and entity names
+
+
+def _tracking(value: Any, problems: _Problems) -> TrackingSpec:
+    mapping = problems.mapping(value, "tracking")
+    problems.known_keys(mapping, TRACKING_KEYS, "tracking")
+    mlflow = wandb = None
+    if mapping.get("mlflow") is not None:
+        given = problems.mapping(mapping["mlflow"], "tracking.mlflow")
+        problems.known_keys(given, MLFLOW_KEYS, "tracking.mlflow")
+        uri = _mlflow_uri(given.get("tracking_uri"), problems)
+        experiment = given.get("experiment")
+        if experiment is not None and not (isinstance(experiment, str) and experiment.strip()):
+            problems.add("tracking.mlflow.experiment", f"expected an MLflow experiment name (default: the study's "
+                                                       f"name), got {_kind(experiment)}")
+            experiment = None
+        if uri is not None:
+            mlflow = MLflowSpec(tracking_uri=uri, experiment=experiment)
+    if mapping.get("wandb") is not None:
+        given = problems.mapping(mapping["wandb"], "tracking.wandb")
+        problems.known_keys(given, WANDB_KEYS, "tracking.wandb")
+        names = {key: _wandb_name(given.get(key), f"tracking.wandb.{key}", problems) for key in ("project", "entity")}
+        mode = problems.choice(given.get("mode", "online"), WANDB_MODES, "tracking.wandb.mode") or "online"
+        wandb = WandbSpec(project=names["project"], entity=names["entity"], mode=mode)
+    tensorboard = mapping.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        problems.add("tracking.tensorboard", f"expected true or false, got {_kind(tensorboard)}")
+        tensorboard = False
+    return TrackingSpec(mlflow=mlflow, wandb=wandb, tensorboard=tensorboard)
+
+
+def _mlflow_uri(value: Any, problems: _Problems) -> str | None:
+    path = "tracking.mlflow.tracking_uri"
+    expected = "expected an MLflow tracking URI: http(s)://HOST:PORT of a server, sqlite:///FILE.db or a folder"
+    if not isinstance(value, str) or not value.strip():
+        problems.add(path, f"{expected}, got {_kind(value)}")
+        return None
+    scheme, sep, rest = value.partition(":")
+    if not sep or len(scheme) == 1:  # no scheme (a Windows drive letter is none either): a folder
+        return os.path.abspath(os.path.expanduser(value))
+    if scheme not in MLFLOW_SCHEMES:
+        problems.add(path, f"{expected} (schemes: {', '.join(MLFLOW_SCHEMES)}), got {value!r}")
+        return None
+    if rest.strip("/") == "" or (scheme in ("http", "https") and not rest.startswith("//")):
+        problems.add(path, f"{expected}, got {value!r}")
+        return None
+    if scheme == "sqlite":
+        if not rest.startswith("///"):
+            problems.add(path, f"expected sqlite:///FILE.db (relative) or sqlite:////ABSOLUTE/FILE.db, got {value!r}")
+            return None
+        # A relative database file resolves against the working directory now, so a resume from
+        # elsewhere logs to the same database (the spec as run keeps the absolute path).
+        return "sqlite:///" + os.path.abspath(os.path.expanduser(rest[3:]))
+    return value
+
+
+def _wandb_name(value: Any, path: str, problems: _Problems) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > 128 or WANDB_FORBIDDEN & set(value):
+        problems.add(path, f"expected a W&B name of at most 128 characters without {' '.join(sorted(WANDB_FORBIDDEN))},"
+                           f" got {_kind(value)}")
+        return None
+    return value
 
 
 def _seeds(value: Any, problems: _Problems) -> tuple[int, ...]:

@@ -28,6 +28,7 @@ from study.spec._sections import (
     _seeds,
     _settings,
     _space,
+    _tracking,
 )
 from study.spec._tables import _tables
 
@@ -55,6 +56,7 @@ def _validate(raw: dict, problems: _Problems, environ: Mapping[str, str], overri
     space = _space(raw.get("space"), searcher, problems)
     excludes = _excludes(raw.get("exclude"), problems)
     declared = _configurations(raw.get("configurations"), problems)
+    tracking = _tracking(raw.get("tracking"), problems)
     if problems.lines:
         return None  # expanding a file with a broken section would only repeat its problems
 
@@ -95,7 +97,7 @@ def _validate(raw: dict, problems: _Problems, environ: Mapping[str, str], overri
         configurations=tuple(configurations), variants=tuple(variants), float_dims=float_dims, dropped=tuple(dropped),
         seeds=seeds, searcher=searcher, scheduler=scheduler, resources=resources, max_concurrent=max_concurrent,
         max_failures=max_failures, pretraining=tuple(jobs), tables=tables, raw=raw, overrides=overrides,
-        source_path=problems.source,
+        source_path=problems.source, tracking=tracking,
     )
 
 

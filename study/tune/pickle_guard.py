@@ -52,6 +52,8 @@ ALLOWED = frozenset({
     "optuna.trial._trial.Trial",
     "study.tune.callback.StudyProgress", "study.tune.searcher.StudyOptunaSearch", "study.tune.searcher.VariantSpace",
     "study.tune.stage._trial_dirname",
+    "study.tune.tracking.StudyMLflowLogger", "study.tune.tracking.StudyWandbLogger",
+    "study.tune.tracking.StudyTensorBoardLogger", "study.tune.tracking.TrialFacts", "trainables.trial.StudyContext",
 })
 HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles inside its JSON (protocol >= 2)
 STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")

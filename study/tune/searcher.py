@@ -6,6 +6,7 @@ reference into the experiment state that `study resume` restores.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ray.tune.search.optuna import OptunaSearch
@@ -56,45 +57,102 @@ class StudyOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
 
 
-def reconcile_optuna_study(optuna_storage, study_name: str, space: VariantSpace, metric: str, mode: str,
-                           tune_trials: list[dict]) -> str:
-    """Make the Optuna study hold each Tune trial exactly once, with its final state and value.
+# Categorical settings every Optuna trial names in its user attributes, searched or not.
+CATEGORICAL_SETTINGS = ("arch", "pretrain", "freeze", "segformer_stem")
 
-    `tune_trials`: {"trial_id", "config" (Tune's: variant and floats), "status", "value"} per
-    ended trial. A driver killed mid-sweep and restored leaves Optuna trials RUNNING forever
-    beside re-suggested copies; once the sweep has ended the study is rebuilt from Tune's
-    trials, so dashboards and importance analysis count each trial once. Returns what was done.
+
+def searched_trials(plan, trials, epochs) -> list[dict]:
+    """Each ended trial of the sweep, from the study's record (results.trials and results.epochs), as the
+    rebuilt Optuna study records it: its settings, how it ended, its final value and its value per epoch."""
+    from study.record import ENDED
+    from study.results import ABANDONED
+
+    metric = plan.execution.scheduler.metric
+    labels = plan.search.labels
+    ended = trials[(trials["stage"] == "main") & trials["status"].isin([s.value for s in ENDED])
+                   & (trials["error"].fillna("") != ABANDONED)]
+    searched = []
+    for row in ended.to_dict("records"):
+        if row["config_name"] not in labels:
+            continue
+        own = epochs[epochs["trial_key"] == row["trial_key"]]
+        per_epoch = {int(epoch): float(value) for epoch, value in zip(own["epoch"], own[metric]) if _finite(value)}
+        searched.append({
+            "trial_id": row["trial_id"], "trial_key": row["trial_key"], "config_name": row["config_name"],
+            "status": row["status"], "categorical": dict(labels[row["config_name"]]),
+            "settings": {k: row[k] for k in CATEGORICAL_SETTINGS if k in row and isinstance(row[k], str)},
+            "floats": {dim: float(row[dim]) for dim in plan.search.float_dims},
+            "value": float(row[f"final_{metric}"]) if _finite(row.get(f"final_{metric}")) else None,
+            "per_epoch": per_epoch,
+        })
+    return searched
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def reconcile_optuna_study(optuna_storage, study_name: str, plan, searched: list[dict]) -> str:
+    """Make the Optuna study hold each trial of the sweep exactly once, as the study's record says it ended.
+
+    The live searcher offers one `variant` categorical (Optuna's categorical choices cannot depend on other
+    parameters, so the valid combinations are one fixed set), and Tune tells it every ended trial as COMPLETE
+    (ASHA's stops too); a killed and restored driver leaves trials RUNNING forever beside re-suggested copies.
+    Once the sweep has ended, the study is rebuilt from the record: each categorical dimension its own
+    parameter (so `optuna.importance.get_param_importances` separates them), trials stopped by ASHA PRUNED
+    with their value per epoch, diverged and errored trials FAIL; user attributes trial_key, config_name,
+    status and each categorical setting; the Optuna version and the sampler's arguments as study attributes.
+    Returns what was done.
     """
     import optuna
 
-    def expected(trial: dict) -> tuple[dict, float | None]:
-        params = {"variant": trial["config"]["variant"]}
-        params.update({name: trial["config"][name] for name, _ in space.float_dims})
+    search = plan.search
+    dims = sorted({key for variant in search.variants for key in variant})
+    distributions = {dim: optuna.distributions.CategoricalDistribution(
+        list(dict.fromkeys(variant[dim] for variant in search.variants))) for dim in dims}
+    for name, (kind, low, high) in search.float_dims.items():
+        distributions[name] = optuna.distributions.FloatDistribution(float(low), float(high), log=kind == "loguniform")
+    states = {"finished": optuna.trial.TrialState.COMPLETE, "early_stopped": optuna.trial.TrialState.PRUNED}
+
+    def expected(trial: dict) -> dict:
+        state = states.get(trial["status"], optuna.trial.TrialState.FAIL)
         value = trial["value"]
-        ok = trial["status"] in ("finished", "early_stopped") and value is not None and value == value
-        return params, (float(value) if ok else None)
+        if state == optuna.trial.TrialState.PRUNED and trial["per_epoch"]:
+            value = trial["per_epoch"][max(trial["per_epoch"])]  # as Optuna records a pruned trial: its last value
+        if value is None and state == optuna.trial.TrialState.COMPLETE:
+            state = optuna.trial.TrialState.FAIL  # Optuna's word for a trial without a value
+        user_attrs = {"trial_key": trial["trial_key"], "config_name": trial["config_name"], "status": trial["status"],
+                      "tune_trial_id": trial["trial_id"], "metric": plan.execution.scheduler.metric,
+                      **trial["settings"]}
+        return {"params": {**{dim: trial["categorical"][dim] for dim in dims}, **trial["floats"]}, "state": state,
+                "value": None if value is None else float(value), "intermediate_values": trial["per_epoch"],
+                "user_attrs": user_attrs}
 
-    def signature(params: dict, value: float | None) -> str:
-        return repr((sorted(params.items()), value))
+    def signature(params: dict, state, value, trial_key) -> str:
+        return repr((sorted(params.items()), state.name, value, trial_key))
 
+    searcher = plan.execution.searcher
+    study_attrs = {"optuna_version": optuna.__version__, "planned_with_optuna": plan.versions.get("optuna"),
+                   "sampler": {"class": "TPESampler", "seed": searcher.seed, "multivariate": searcher.multivariate,
+                               "constant_liar": searcher.constant_liar},
+                   "metric": plan.execution.scheduler.metric, "segstudy": "rebuilt from the study's record after the "
+                   "sweep; the live searcher sampled one `variant` categorical"}
+    wanted = [expected(trial) for trial in searched]
     study = optuna.load_study(study_name=study_name, storage=optuna_storage)
     have = study.get_trials(deepcopy=False)
-    wanted = sorted(signature(*expected(t)) for t in tune_trials)
-    present = sorted(signature(t.params, t.value if t.state.name == "COMPLETE" else None) for t in have)
-    if wanted == present and all(t.state.is_finished() for t in have):
-        return f"the Optuna study agrees with Tune ({len(have)} trials)"
-    distributions = {"variant": optuna.distributions.CategoricalDistribution(list(space.variants))}
-    for name, (kind, low, high) in space.float_dims:
-        distributions[name] = optuna.distributions.FloatDistribution(float(low), float(high), log=kind == "loguniform")
+    if sorted(signature(w["params"], w["state"], w["value"], w["user_attrs"]["trial_key"]) for w in wanted) == \
+            sorted(signature(t.params, t.state, t.value, t.user_attrs.get("trial_key")) for t in have) \
+            and study.user_attrs == study_attrs:
+        return f"the Optuna study agrees with the study's record ({len(have)} trials)"
     running = sum(1 for t in have if t.state == optuna.trial.TrialState.RUNNING)
     optuna.delete_study(study_name=study_name, storage=optuna_storage)
     rebuilt = optuna.create_study(study_name=study_name, storage=optuna_storage,
-                                  direction="maximize" if mode == "max" else "minimize")
-    for trial in tune_trials:
-        params, value = expected(trial)
-        state = optuna.trial.TrialState.COMPLETE if value is not None else optuna.trial.TrialState.FAIL
-        rebuilt.add_trial(optuna.trial.create_trial(
-            params=params, distributions=distributions, value=value, state=state,
-            user_attrs={"tune_trial_id": trial["trial_id"], "status": trial["status"], "metric": metric}))
-    return (f"rebuilt the Optuna study from Tune's {len(tune_trials)} trials (it held {len(have)}, "
-            f"{running} left RUNNING by the interruption)")
+                                  direction="maximize" if plan.execution.scheduler.mode == "max" else "minimize")
+    for key, value in study_attrs.items():
+        rebuilt.set_user_attr(key, value)
+    for trial in wanted:
+        rebuilt.add_trial(optuna.trial.create_trial(distributions=distributions, **trial))
+    pruned = sum(1 for w in wanted if w["state"] == optuna.trial.TrialState.PRUNED)
+    return (f"rebuilt the Optuna study from the study's record: {len(wanted)} trials ({pruned} pruned by ASHA), "
+            f"each categorical setting its own parameter (it held {len(have)}, {running} left RUNNING by an "
+            f"interruption)")

@@ -12,14 +12,16 @@ import os
 import re
 import sys
 
+from study.errors import StudyError
 from study.events import EventLog
 from study.plan import Plan, SearchPlan
 from study.storage import Storage
-from study.tune.callback import StudyProgress, attach
+from study.tune.callback import StageTotals, StudyProgress, attach
 from study.tune.pickle_guard import check_stage_folder
 from trainables.trial import StudyContext, trial_dirname
 
-# Tune's loggers we do not use (CSV, TensorBoard) stay off: result.json is the record.
+# Tune's automatic loggers (CSV, TensorBoard) stay off: result.json is the record; TensorBoard files are
+# written when the study file asks for them (tracking.tensorboard), with hparams (study/tune/tracking.py).
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
 # Our progress lines replace Tune's tables; Tune's snapshot warning is about the forced
 # state snapshot at each checkpoint, which is what makes resume exact.
@@ -46,8 +48,6 @@ def check_reachable(address: str | None) -> None:
         return
     import socket
 
-    from study.errors import StudyError
-
     timeout = connect_timeout()
     host, _, port = address.split("://", 1)[-1].rpartition(":")
     if not host or not port.isdigit():
@@ -61,8 +61,6 @@ def check_reachable(address: str | None) -> None:
 
 
 def connect_timeout() -> float:
-    from study.errors import StudyError
-
     text = os.environ.get(CONNECT_TIMEOUT_VARIABLE, str(CONNECT_TIMEOUT_DEFAULT))
     try:
         value = float(text)
@@ -73,34 +71,55 @@ def connect_timeout() -> float:
     return value
 
 
-def init_ray(address: str | None) -> bool:
+def init_ray(address: str | None, dashboard: bool = False) -> bool:
     """Join `address` (or RAY_ADDRESS); else start an embedded Ray. True when we started it.
+
+    `dashboard`: start Ray's dashboard with the embedded Ray (check_dashboard first), or name the cluster's, and
+    print its URL.
 
     A failure to start or join is one line (StudyError), whatever Ray raises.
     """
     import ray
 
     from study import signals
-    from study.errors import StudyError
 
     address = cluster_address(address)
     try:
         if address:
             say(f"connecting to the Ray cluster at {address}")
-            ray.init(address=address, log_to_driver=False)
+            context = ray.init(address=address, log_to_driver=False)
             started = False
         else:
             # address="local": never join a stale cluster that `ray start` recorded on this machine.
-            ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+            context = ray.init(address="local", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                               log_to_driver=False, configure_logging=False)
             started = True
         signals.install()  # Ray's core replaces our SIGTERM handler with one that aborts the process
-        return started
     except (KeyboardInterrupt, StudyError):
         raise
     except Exception as error:  # Ray raises many types here (ConnectionError, RuntimeError, ValueError, ...)
         what = f"join the Ray cluster at {address}" if address else "start a local Ray"
         text = " ".join(str(error).split())[:300] or type(error).__name__
         raise StudyError(f"cannot {what}: {text}") from None
+    if dashboard:
+        url = getattr(context, "dashboard_url", None)
+        # Ray 2.60 turns on token authentication by default (it sets RAY_AUTH_MODE=token): the page asks for it.
+        token = (" (Ray's token authentication is on: the page asks for the token in ~/.ray/auth_token)"
+                 if os.environ.get("RAY_AUTH_MODE") == "token" else "")
+        say(f"Ray dashboard: http://{url}{token}" if url else
+            "the Ray cluster has no dashboard (start it with ray[default] installed and --include-dashboard=true)")
+    return started
+
+
+def check_dashboard(address: str | None) -> None:
+    """`study run --dashboard` with an embedded Ray needs ray[default]: say so before anything starts."""
+    if cluster_address(address):
+        return  # the cluster's dashboard, if it has one
+    try:
+        import ray.dashboard.optional_deps  # noqa: F401 (what Ray itself imports to decide)
+    except ImportError as error:
+        raise StudyError(f"--dashboard: Ray's dashboard needs ray[default] (pip install 'ray[default]'); this "
+                         f"installation lacks it ({error})") from None
 
 
 def shutdown_ray() -> None:
@@ -112,8 +131,6 @@ def shutdown_ray() -> None:
 def trial_resources(plan: Plan) -> dict:
     """Each trial's share of the cluster; a study that needs a GPU the cluster lacks is refused (one line)."""
     import ray
-
-    from study.errors import StudyError
 
     cpu, gpu = plan.execution.cpu, plan.execution.gpu
     cluster = ray.cluster_resources()
@@ -156,7 +173,10 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
                            variants=search.labels if search else {}, encoders=encoders)
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
-    attach(stage, events)
+    concurrency = plan.execution.max_concurrent or default_concurrency(resources)
+    attach(stage, events, StageTotals(trials=search.num_samples if search else len(trials),
+                                      epochs=int(search.base_config["epochs"]) if search else None,
+                                      concurrency=concurrency))
     experiment, filesystem = tune_location(storage, name, stage)
     if not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         check_stage_folder(storage, name, stage)  # Tune unpickles its saved state: nothing unexpected in it
@@ -170,7 +190,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
 
     execution = plan.execution
     tune_config = dict(
-        max_concurrent_trials=execution.max_concurrent or default_concurrency(resources),
+        max_concurrent_trials=concurrency,
         reuse_actors=True,
         scheduler=make_scheduler(plan, stage),
         trial_dirname_creator=_trial_dirname,
@@ -189,12 +209,23 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
         failure_config=tune.FailureConfig(max_failures=execution.max_failures),
         # The latest checkpoint only: a finished trial's last one holds its final (and best) weights.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-        callbacks=[JsonLoggerCallback(), StudyProgress(stage)],
+        callbacks=[JsonLoggerCallback(), StudyProgress(stage), *stage_trackers(plan, stage, context)],
         verbose=0,
     )
     tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune.TuneConfig(**tune_config),
                        run_config=run_config)
     return fit_watched(tuner)
+
+
+def stage_trackers(plan: Plan, stage: str, context: StudyContext) -> list:
+    """The study file's trackers (MLflow, W&B, TensorBoard) as Tune callbacks for one stage."""
+    if not plan.execution.tracking.any:
+        return []
+    from study.tune.tracking import TrialFacts, study_id, tracking_callbacks
+
+    facts = TrialFacts(study=plan.study_name, study_id=study_id(plan.study_name, plan.created), stage=stage,
+                       context=StudyContext(base=context.base, variants=context.variants))
+    return tracking_callbacks(plan.execution.tracking, facts)
 
 
 LOST_CHECKPOINT = re.compile(
@@ -250,8 +281,12 @@ class TuneLogWatch(logging.Filter):
     progress output; Tune's resume hint names Tuner.restore, ours `study resume`.
     """
 
-    QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted")
-    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller")
+    QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted",
+             # Tune's timing warnings ("... may be a performance bottleneck. Please consider reporting results
+             # less frequently"): a trial reports once per epoch, and a tracker's first result waits for its
+             # logging actor (W&B) to start; nothing a study's user can act on.
+             "The `", "Processing trial results took")
+    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.utils.util")
 
     def __init__(self):
         super().__init__()
@@ -316,35 +351,20 @@ def variant_space(search: SearchPlan):
     return VariantSpace(tuple(search.labels), tuple((k, tuple(v)) for k, v in search.float_dims.items()))
 
 
-def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials) -> None:
-    """After the sweep: each Tune trial once in the Optuna study, with its final state and value.
+def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials, epochs) -> None:
+    """After the sweep: the Optuna study rebuilt from the study's record (study/tune/searcher.py).
 
-    `trials`: the study's record (results.trials) of the main stage.
+    `trials`, `epochs`: the study's record (results.trials, results.epochs).
     """
     import optuna
 
-    from study.record import ENDED
-    from study.tune.searcher import reconcile_optuna_study
+    from study.tune.searcher import reconcile_optuna_study, searched_trials
 
     url = optuna_storage_url(plan, storage, name)
     if url is None:
         return
-    metric = plan.execution.scheduler.metric
-    from study.results import ABANDONED
-
-    ended = trials[(trials["stage"] == "main") & trials["status"].isin([s.value for s in ENDED])
-                   & (trials["error"].fillna("") != ABANDONED)]
-    labels = plan.search.labels
-    tune_trials = []
-    for row in ended.to_dict("records"):
-        config = {"variant": row["config_name"], **{dim: row[dim] for dim in plan.search.float_dims}}
-        if config["variant"] not in labels:
-            continue
-        tune_trials.append({"trial_id": row["trial_id"], "config": config, "status": row["status"],
-                            "value": row.get(f"final_{metric}")})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, variant_space(plan.search),
-                                     metric, plan.execution.scheduler.mode, tune_trials)
+    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, plan, searched_trials(plan, trials, epochs))
     say(f"[optuna] {outcome}")
 
 
