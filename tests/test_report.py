@@ -7,9 +7,13 @@ the report command as a user runs it are checked on a copy of the session's fini
 
 from __future__ import annotations
 
+import base64
 import math
 import re
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +24,12 @@ from hypothesis import strategies as st
 
 from study import figures, report
 from study.errors import StudyError
+from study.plan import Plan
 from study.results import load_results
 from study.storage import Storage
 from tests.fake_study import epoch_records, fake_trial, write_fake_study
 from tests.fake_study import table as declared_table
+from tests.study_helpers import study_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -134,7 +140,8 @@ def test_partial_study_counts_and_lists_trials_left_out(tmp_path):
     assert "not testable (no finished trial)" in text
     assert "The study is not finished: 2 of 6 main trials have finished" in text
     for stem in ("t-loss", "t-miou", "t-class-iou"):
-        assert is_png(tmp_path / "out" / "figures" / f"{stem}.png") and is_svg(tmp_path / "out" / "figures" / f"{stem}.svg")
+        figure = tmp_path / "out" / "figures" / stem
+        assert is_png(figure.with_name(f"{stem}.png")) and is_svg(figure.with_name(f"{stem}.svg"))
     page = (tmp_path / "out" / "report.html").read_text()
     assert "2 of 6 main trials have finished" in page and "b-s1 (pending)" in page
 
@@ -206,7 +213,8 @@ def test_figures_are_written_and_linked(tmp_path):
     assert "Predicted masks of the best model: not drawn: no main-stage trial has stored weights yet" in text
 
 
-SEARCH_SETUPS = [(1e-4, "fcn_resnet50", "imagenet"), (1e-3, "segformer_b0", "none"), (3e-3, "segformer_b0", "cityscapes")]
+SEARCH_SETUPS = [(1e-4, "fcn_resnet50", "imagenet"), (1e-3, "segformer_b0", "none"),
+                 (3e-3, "segformer_b0", "cityscapes")]
 
 
 def search_study(root: Path, name: str = "search") -> tuple[Storage, list[dict]]:
@@ -222,12 +230,9 @@ def write_optuna_study(storage: Storage, name: str, params: list[dict], values: 
     """The study's Optuna storage as a searcher leaves it, with whatever parameters it records."""
     import optuna
 
-    distributions = {}
-    for trial in params:
-        for key, value in trial.items():
-            distributions[key] = (optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True) if key == "lr" else
-                                  optuna.distributions.CategoricalDistribution(
-                                      sorted({str(t[key]) for t in params})))
+    distributions = {key: optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True) if key == "lr" else
+                     optuna.distributions.CategoricalDistribution(sorted({str(t[key]) for t in params}))
+                     for key in params[0]}
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{storage.path(name, 'optuna.db')}",
                                 direction="maximize")
     for trial, value in zip(params, values):
@@ -414,3 +419,109 @@ def test_compare_two_studies_row_by_row(tmp_path):
     fcn_study(tmp_path, "other", tables=(other,))
     with pytest.raises(StudyError, match="different tables"):
         report.write_report(results_a, tmp_path / "out2", compare=load_results(storage, "other"))
+
+
+def test_compare_shows_where_the_protocols_differ(tmp_path):
+    storage, _ = fcn_study(tmp_path, "planned")
+    trials = [fake_trial("fcn_scratch", seed, [0.4, 0.45], lr=5e-4) for seed in range(3)]
+    trials += [fake_trial("fcn_pretrained", seed, [0.7, 0.65], pretrain="imagenet") for seed in range(2)]
+    write_fake_study(tmp_path, "as_run", trials, tables=(FCN_TABLE,))
+    text = report.write_report(load_results(storage, "planned"), tmp_path / "out",
+                               compare=load_results(storage, "as_run")).read_text()
+    section = text[text.index("### Protocol differences with study as_run"):]
+    assert "| row | setting | planned | as_run |" in section
+    assert "| FCN from scratch | lr | 0.001 | 0.0005 |" in section
+    assert "| FCN (pretrained) | seeds | 0, 1, 2 | 0, 1 |" in section
+    assert "| FCN from scratch | seeds |" not in section  # equal: not listed
+    same = report.write_report(load_results(storage, "planned"), tmp_path / "same",
+                               compare=load_results(storage, "planned")).read_text()
+    assert "None: both studies planned these rows with the same settings and seeds." in same
+
+
+def test_each_table_has_its_protocol_from_the_plan(tmp_path):
+    storage, trials = fcn_study(tmp_path)
+    text = report.write_report(load_results(storage, "fcn"), tmp_path / "out").read_text()
+    headers = "| row | model | encoder | optimizer | lr | schedule | epochs | batch size | image size | seeds |"
+    assert headers in text
+    s = trials[0]["settings"]
+    assert (f"| FCN from scratch | fcn_resnet50 | from scratch | AdamW, amsgrad, weight decay {s['weight_decay']:g}"
+            f" | 0.001 | exponential, ×{s['gamma']:g} per epoch | 4 (val every 2) | 16 | 64×64 | 0, 1, 2 |") in text
+    assert "| FCN (pretrained) | fcn_resnet50 | ImageNet |" in text
+
+
+def test_best_epochs_are_abbreviated():
+    assert report.format_best_epochs(()) == ""
+    assert report.format_best_epochs((27,)) == "best at epoch 27"
+    assert report.format_best_epochs((4, 4)) == "best at epoch 4 (both seeds)"
+    assert report.format_best_epochs((30, 22, 27, 28, 25)) == "best at epoch 27 (median; range 22–30)"
+    assert report.format_best_epochs((2, 3)) == "best at epoch 2.5 (median; range 2–3)"
+
+
+def test_report_html_has_every_table_and_embeds_every_figure_escaped(tmp_path):
+    hostile = declared_table("fcn", [("<script>alert(1)</script> & co", {"config_name": "fcn_scratch"}),
+                                     ("FCN (pretrained)", {"arch": "fcn_resnet50", "pretrain": "imagenet"})],
+                             title="FCN <b>on</b> pets")
+    storage, _ = fcn_study(tmp_path, tables=(hostile,))
+    out = tmp_path / "out"
+    markdown = report.write_report(load_results(storage, "fcn"), out).read_text()
+    page = (out / "report.html").read_text()
+    tables = len(re.findall(r"^\|(---\|)+$", markdown, flags=re.MULTILINE))  # every Markdown table's rule
+    assert tables >= 2 and page.count("<table>") == tables  # the protocol, the results, and any other
+    figures_linked = linked_figures(markdown)
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert len(images) == len(figures_linked) >= 3
+    assert sorted(base64.b64decode(data)[:8] for data in images) == [PNG_MAGIC] * len(images)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert "<b>on</b>" not in page and "FCN &lt;b&gt;on&lt;/b&gt; pets" in page
+    csv = re.search(r'<a download="fcn.csv" href="data:text/csv;base64,([A-Za-z0-9+/=]+)">', page)
+    assert base64.b64decode(csv.group(1)) == (out / "fcn.csv").read_bytes()
+    assert "src=\"figures/" not in page and "href=\"fcn.csv\"" not in page  # nothing outside the file
+
+
+@pytest.mark.slow
+def test_report_of_a_finished_study_as_a_user_runs_it(tmp_path, finished_tiny_study):
+    """The tiny study (a pretraining job, two trials) through `study report`: the pretraining section holds the
+    plan's settings, every figure is drawn in both formats and embedded in report.html, and Ray is not imported."""
+    storage = tmp_path / "studies"
+    shutil.copytree(finished_tiny_study, storage)
+    out = tmp_path / "report"
+    check = ("import sys\nfrom study.cli import main\ncode = main(sys.argv[1:])\n"
+             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'study report imported Ray'\n"
+             "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", check, "report", "t", "--out", str(out)], cwd=tmp_path,
+                          env=study_env(storage), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = (out / "report.md").read_text()
+    assert "not drawn" not in text and "## Notes" not in text, text
+    assert_every_figure_in_both_formats(out, {"pretraining-loss", "pretraining-miou", "configurations-loss",
+                                              "configurations-miou", "configurations-class-iou",
+                                              "configurations-masks", "predicted-masks"})
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(linked_figures(text))
+    job, = Plan.from_json((storage / "t" / "plan.json").read_text(), "plan.json").pretrain_jobs
+    section = text[text.index("## Pretraining"):text.index("**Results**")]
+    s = job.config
+    for setting, value in [("dataset", f"{s['dataset']} (19 classes)"),
+                           ("image size", "{}×{}".format(*s["image_size"])),
+                           ("epochs", f"{s['epochs']} (val every {s['val_interval']})"),
+                           ("batch size", str(s["batch_size"])), ("lr", f"{s['lr']:g}"), ("seed", str(s["seed"])),
+                           ("encoder exported", f"last epoch (epoch {s['epochs']})"),
+                           ("trained", "here, by this study"), ("encoder key", job.key)]:
+        assert f"| {setting} | {value} |" in section, setting
+    assert f"| optimizer | {'AdamW' if s['optimizer'] == 'adamw' else 'Adam'}" in section
+    masks = (out / "figures" / "configurations-masks.svg").read_text()
+    assert masks.count(">segformer_scratch<") == 1 and masks.count(">segformer_frozen<") == 1
+    assert len(re.findall(r">IoU \d\.\d\d<", masks)) == 2 * 6
+
+
+def test_the_report_reads_the_optuna_storage_the_searcher_writes(tmp_path):
+    from dataclasses import replace
+
+    from study.tune.stage import optuna_storage_url  # imports Ray: the report has its own copy of the rule
+
+    storage, _ = search_study(tmp_path)
+    plan = load_results(storage, "search").plan
+    explicit = replace(plan, execution=replace(plan.execution, searcher=replace(
+        plan.execution.searcher, storage=f"sqlite:///{tmp_path / 'elsewhere.db'}")))
+    for each in (plan, explicit):
+        assert report._optuna_storage_url(each, storage, "search") == optuna_storage_url(each, storage, "search")
