@@ -25,6 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from study.predictions import Predictions
 from trainables.data.classes import IGNORE_INDEX, class_names, palette
 
 # Learning-curve figures: train and val of one metric on the same axes, so the gap can be read.
@@ -32,7 +33,6 @@ PAIRS = {"loss": ("train_loss", "val_loss", "cross-entropy loss"), "miou": ("tra
 PAIR_TITLES = {"loss": "Loss", "miou": "mIoU"}
 IOU_PREFIX = "val_iou_"
 MAX_ROWS = 8  # rows drawn in colour, bars and mask columns per figure; further rows: grey curves, left out elsewhere
-MASK_IMAGES = 6  # the first validation images of the dataset (sorted by file name): the same in every figure
 GREY = "0.6"
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">")
 STOPPED_MARKER = "X"
@@ -190,91 +190,6 @@ def class_iou_bars(rows, epochs: EpochIndex, title: str, path) -> Path:
 
 
 # -- predicted masks ------------------------------------------------------------------------
-class Predictions:
-    """Each model's masks on the first MASK_IMAGES validation images of its dataset, loaded once per report.
-
-    The same trial is often in several tables; its weights are read and run once. Validation
-    images come from the trial's recorded dataset, data root and working resolution. `prefetch`
-    predicts in a second process while the report draws its other figures: importing torch and
-    building the models is the largest part of a report's time, and the machine has another core.
-    """
-
-    def __init__(self, count: int = MASK_IMAGES):
-        self.count = count
-        self._splits: dict = {}
-        self._masks: dict = {}
-        self._pending: dict = {}
-        self._pool = None
-
-    def split(self, config) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 N,H,W,3; masks uint8 N,H,W) of the validation split at the config's working size."""
-        key = (config.dataset, config.data_root, tuple(config.image_size), config.cache_dir)
-        if key not in self._splits:
-            self._splits[key] = _validation_images(config, self.count)
-        return self._splits[key]
-
-    def prefetch(self, trials) -> None:
-        """Start predicting these trials' masks (best weights) in a worker process."""
-        from concurrent.futures import ProcessPoolExecutor
-        from multiprocessing import get_context
-
-        for trial in trials:
-            key = _trial_key(trial, "best")
-            if key in self._masks or key in self._pending:
-                continue
-            if self._pool is None:
-                # spawn: a fresh interpreter, not a fork of one holding pyarrow's and matplotlib's state
-                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn"))
-            self._pending[key] = self._pool.submit(predict_masks, trial, self.count, "best")
-
-    def predict(self, trial: dict, which: str = "best"):
-        """(config, predicted class ids N,H,W) of a trial's model (its best validated epoch's weights)."""
-        from concurrent.futures.process import BrokenProcessPool
-
-        key = _trial_key(trial, which)
-        if key not in self._masks:
-            pending = self._pending.pop(key, None)
-            try:
-                self._masks[key] = pending.result() if pending is not None else None
-            except BrokenProcessPool:  # the worker could not start or died: predict here
-                self._masks[key] = None
-            if self._masks[key] is None:
-                self._masks[key] = predict_masks(trial, self.count, which)
-        return self._masks[key]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
-
-
-def predict_masks(trial: dict, count: int, which: str = "best"):
-    """(config, predicted class ids N,H,W) of one trial's model on its first `count` validation images."""
-    import torch
-
-    from study.models import load_trial_model
-    from trainables.data.device import DeviceSplit
-
-    model, config = load_trial_model(trial, which)
-    images, masks = _validation_images(config, count)
-    split = DeviceSplit(images, masks, torch.device("cpu"))
-    with torch.inference_mode():
-        prediction = model(split.normalize(split.images)).argmax(1).numpy().astype(np.uint8)
-    return config, prediction
-
-
-def _validation_images(config, count: int) -> tuple[np.ndarray, np.ndarray]:
-    from trainables.data import SPLITS, load_split
-
-    arrays = load_split(config.dataset, config.data_root, SPLITS[config.dataset][1], config.image_size,
-                        config.cache_dir, max_samples=count, progress=False)
-    return np.array(arrays.images), np.array(arrays.masks)
-
-
-def _trial_key(trial: dict, which: str) -> tuple:
-    return trial["trial_key"], trial.get("path"), which
-
-
 def image_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
     """One image's mIoU over the classes present in its ground truth or prediction (255 ignored)."""
     valid = truth != IGNORE_INDEX

@@ -35,6 +35,7 @@ import pandas as pd
 
 from study.errors import StudyError
 from study.plan import EXECUTION_ONLY
+from study.predictions import MASK_IMAGES, Predictions
 from study.record import (
     TRIAL_COLUMNS,
     Stage,
@@ -798,7 +799,7 @@ class _Context:
     out: Path
     draw: _Figures
     epochs: object  # figures.EpochIndex
-    predictions: object  # figures.Predictions
+    predictions: Predictions
     records: dict = field(default_factory=dict)  # main trial id -> its record row
 
 
@@ -807,7 +808,7 @@ def _write_report(results: StudyResults, tables: list[Table], out: Path,
     draw = _Figures(out)
     figures = draw.module
     main = main_trials(results)
-    context = _Context(results, out, draw, figures.EpochIndex(results.epochs), figures.Predictions(),
+    context = _Context(results, out, draw, figures.EpochIndex(results.epochs), Predictions(),
                        {row["trial_id"]: row for row in main.to_dict("records") if _present(row["trial_id"])})
     try:
         columns = {table.name: [(row.label, _best_seed(context, row)) for row in table.rows] for table in tables}
@@ -876,7 +877,7 @@ def _table_figures(context: _Context, table: Table, stem: str, columns: list) ->
             "band from min to max over seeds; trials stopped early by the scheduler are drawn each to its last "
             f"epoch and marked ✕ there; rows past the first {figures.MAX_ROWS} are grey. Per-class IoU: last "
             "validated epoch, mean over seeds, error bar = sample std. Predicted masks: the first "
-            f"{figures.MASK_IMAGES} validation images; a column per row: its best seed (highest best val mIoU) "
+            f"{MASK_IMAGES} validation images; a column per row: its best seed (highest best val mIoU) "
             "with the weights of its best validated epoch; under each prediction, that image's IoU (mean over the "
             "classes in its ground truth or prediction).")
     if shown:
@@ -911,7 +912,7 @@ def _best_model_section(context: _Context) -> list:
                                f"({_int_text(best['best_epoch'])})", stem="predicted-masks"))
     return blocks + [Text(f"Best model of the study: trial `{best['trial_key']}` ({best['config_name']}; best val "
                           f"mIoU {float(best['best_val_miou']):.4f} at epoch {_int_text(best['best_epoch'])}), "
-                          f"weights of its best validated epoch, on the first {figures.MASK_IMAGES} validation "
+                          f"weights of its best validated epoch, on the first {MASK_IMAGES} validation "
                           "images; under each prediction, that image's IoU.")]
 
 

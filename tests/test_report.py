@@ -8,6 +8,7 @@ the report command as a user runs it are checked on a copy of the session's fini
 from __future__ import annotations
 
 import base64
+import json
 import math
 import re
 import shutil
@@ -25,6 +26,7 @@ from hypothesis import strategies as st
 from study import figures, report
 from study.errors import StudyError
 from study.plan import Plan
+from study.predictions import MASK_IMAGES
 from study.results import load_results
 from study.storage import Storage
 from tests.fake_study import epoch_records, fake_trial, write_fake_study
@@ -386,7 +388,7 @@ def test_masks_figure_has_a_prediction_column_per_row_on_the_same_images(tmp_pat
     assert "## Notes" not in text
     svg = (tmp_path / "out" / "figures" / "t-masks.svg").read_text()
     assert all(svg.count(f">{label}<") == 1 for label in ("input", "ground truth", "Row 0", "Row 1", "Row 2"))
-    assert len(re.findall(r">IoU \d\.\d\d<", svg)) == 3 * figures.MASK_IMAGES  # one per prediction
+    assert len(re.findall(r">IoU \d\.\d\d<", svg)) == 3 * MASK_IMAGES  # one per prediction
     # each row's best seed (seed 1 has the higher best val mIoU), weights of its best epoch
     assert "Row 0 = `c0-s1` (epoch 2); Row 1 = `c1-s1` (epoch 2); Row 2 = `c2-s1` (epoch 2)" in text
     assert is_png(tmp_path / "out" / "figures" / "predicted-masks.png")
@@ -525,3 +527,25 @@ def test_the_report_reads_the_optuna_storage_the_searcher_writes(tmp_path):
         plan.execution.searcher, storage=f"sqlite:///{tmp_path / 'elsewhere.db'}")))
     for each in (plan, explicit):
         assert report._optuna_storage_url(each, storage, "search") == optuna_storage_url(each, storage, "search")
+
+
+@pytest.mark.slow  # a second interpreter importing torch: seconds, like the end-to-end tests
+def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_path, pets_root):
+    """`python -m study.predictions`, the process that predicts masks while a report draws: the same masks as
+    in-process, and a trial whose weights are gone answered with the error that names the file."""
+    from study.predictions import _json_safe, predict_masks
+
+    storage = masks_study(tmp_path, pets_root, rows=1)
+    trials = load_results(storage, "masks").trials
+    good = trials[trials["trial_key"] == "c0-s0"].iloc[0].to_dict()
+    gone = trials[trials["trial_key"] == "c0-s1"].iloc[0].to_dict()
+    Path(gone["weights_best"]).unlink()
+    request = {"count": 3, "which": "best", "folder": str(tmp_path), "trials": [_json_safe(good), _json_safe(gone)]}
+    done = subprocess.run([sys.executable, "-m", "study.predictions"], input=json.dumps(request), text=True,
+                          capture_output=True, timeout=300, env=study_env(storage))
+    assert done.returncode == 0, done.stderr
+    first, second = (json.loads(line) for line in done.stdout.splitlines())
+    config, expected = predict_masks(good, 3)
+    assert first == {"index": 0, "config": json.loads(json.dumps(config.to_dict()))}
+    assert np.array_equal(np.load(tmp_path / "0.npy", allow_pickle=False), expected) and expected.shape == (3, 32, 32)
+    assert second["index"] == 1 and gone["weights_best"] in second["error"]
