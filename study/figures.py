@@ -150,8 +150,7 @@ def learning_curves(rows, epochs: EpochIndex, title: str, pair: str, path) -> Pa
     ax.set_ylabel(ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    ax.set_title(f"{_wrap(title, 90)}\n{PAIR_TITLES[pair]}: mean over finished seeds, band = min to max",
-                 fontsize="medium")
+    _set_title(ax, f"{title}\n{PAIR_TITLES[pair]}: mean over finished seeds, band = min to max")
     return save(figure, path)
 
 
@@ -169,14 +168,15 @@ def class_iou_bars(rows, epochs: EpochIndex, title: str, path) -> Path:
         raise FigureSkipped("no finished trial with a validated epoch in this table yet")
     count = max(_class_index(column) for _, mean, _ in bars for column in mean.index) + 1
     names = class_names(next((row.dataset for row, _, _ in bars if row.dataset), None), count)
-    figure, ax = _axes_with_legend(max(7.0, 0.45 * count * len(bars) + 3.5), 4.8,
+    figure, ax = _axes_with_legend(max(8.5, 0.45 * count * len(bars) + 3.5), 4.8,
                                    bottom=1.25 if count > 6 else 0.55)
     width = 0.8 / len(bars)
     for index, (row, mean, std) in enumerate(bars):
         classes = np.array([_class_index(column) for column in mean.index])
         container = ax.bar(classes + (index - (len(bars) - 1) / 2) * width, mean.to_numpy(), width,
                            yerr=std.to_numpy(), capsize=2, label=_wrap(row.label), color=f"C{index % 10}")
-        ax.bar_label(container, fmt="%.2f", fontsize=6, rotation=90, padding=2)
+        crowded = count * len(bars) > 12
+        ax.bar_label(container, fmt="%.2f", fontsize=6 if crowded else 7, rotation=90 if crowded else 0, padding=2)
     ax.set_xticks(np.arange(count), names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center")
     ax.set_ylabel("val IoU (last validated epoch)")
     ax.set_ylim(0, 1.12)  # room for the value labels above a bar of 1.0
@@ -184,8 +184,7 @@ def class_iou_bars(rows, epochs: EpochIndex, title: str, path) -> Path:
     left_out = len(list(rows)) - MAX_ROWS
     _legend(figure, ax.get_legend_handles_labels()[0])
     suffix = f" (first {MAX_ROWS} rows of {MAX_ROWS + left_out})" if left_out > 0 else ""
-    ax.set_title(f"{_wrap(title, 90)}\nper-class IoU, mean over finished seeds, error bar = std{suffix}",
-                 fontsize="medium")
+    _set_title(ax, f"{title}\nper-class IoU, mean over finished seeds, error bar = std{suffix}")
     return save(figure, path)
 
 
@@ -239,8 +238,9 @@ def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path
     footer = 18 * legend_rows + 10
     mosaic_width = mosaic.shape[1] + 20
     heading = _wrap(title, max(40, mosaic_width // 7))
+    # line heights at 100 dpi: a 10 pt title about 17 px, 8 pt labels about 14 px
     title_height = 17 * (heading.count("\n") + 1) + 8
-    labels_height = 11 * max(text.count("\n") + 1 for text in wrapped) + 8
+    labels_height = 14 * max(text.count("\n") + 1 for text in wrapped) + 8
     top = title_height + labels_height
     figure = Figure(figsize=(mosaic_width / 100, (top + mosaic.shape[0] + footer) / 100))
     total_width, total_height = figure.get_size_inches() * 100
@@ -316,7 +316,7 @@ def search_scatter(trials: pd.DataFrame, dimensions, path) -> Path:
         group = main[key == variant]
         first = group.iloc[0]
         label = ", ".join(f"{d}={first[d]}" for d in varying) if varying else variant
-        handles.append(Line2D([], [], color=colour, marker=marker, linestyle="none", label=_wrap(label, 40)))
+        handles.append(Line2D([], [], color=colour, marker=marker, linestyle="none", label=_wrap(label)))
         for status, part in group.groupby("status", sort=False):
             if status == "finished":
                 ax.scatter(part["lr"], part["best_val_miou"], color=colour, marker=marker, s=40, zorder=3)
@@ -339,8 +339,7 @@ def search_scatter(trials: pd.DataFrame, dimensions, path) -> Path:
     ax.set_xlabel("learning rate")
     ax.set_ylabel("best val mIoU")
     ax.grid(alpha=0.3)
-    ax.set_title("Search: best val mIoU of each main trial" + (f" ({', '.join(fixed)} throughout)" if fixed else ""),
-                 fontsize="medium")
+    _set_title(ax, "Search: best val mIoU of each main trial" + (f" ({', '.join(fixed)} throughout)" if fixed else ""))
     return save(figure, path)
 
 
@@ -476,21 +475,37 @@ def _class_index(column: str) -> int:
     return int(column[len(IOU_PREFIX):])
 
 
+def _set_title(ax, text: str) -> None:
+    """The title wrapped to the axes' width (about 12 characters per inch at medium size), the top margin
+    grown to its lines; the legend beside the axes moves down with it."""
+    figure = ax.figure
+    width, height = figure.get_size_inches()
+    lines = _wrap(text, max(30, int(ax.get_position().width * width * 12)))
+    top = 1 - (0.2 + 0.2 * (lines.count("\n") + 1)) / height
+    figure.subplots_adjust(top=top)
+    for legend in figure.legends:
+        legend.set_bbox_to_anchor((1 - (LEGEND_INCHES - 0.1) / width, top), transform=figure.transFigure)
+    ax.set_title(lines, fontsize="medium")
+
+
 def _wrap(text: str, width: int = 30) -> str:
-    """Lines of at most `width` characters, broken after spaces, slashes and commas (a variant label such
-    as freeze=none/pretrain=none/segformer_stem=paper has no spaces), words longer than a line cut."""
-    lines, line = [], ""
-    for token in re.findall(r"[^ /,]*[ /,]*", str(text)):
-        while len(token) > width:
-            if line:
+    """Lines of at most `width` characters, broken after spaces, slashes, commas, underscores and hyphens (a
+    variant label such as freeze=none/pretrain=none/segformer_stem=paper has no spaces), words longer than
+    a line cut; the text's own line breaks kept."""
+    lines = []
+    for paragraph in str(text).split("\n"):
+        line = ""
+        for token in re.findall(r"[^ /,_-]*[ /,_-]*", paragraph):
+            while len(token) > width:
+                if line:
+                    lines.append(line.rstrip())
+                    line = ""
+                lines.append(token[:width])
+                token = token[width:]
+            if line and len(line) + len(token.rstrip()) > width:
                 lines.append(line.rstrip())
                 line = ""
-            lines.append(token[:width])
-            token = token[width:]
-        if line and len(line) + len(token.rstrip()) > width:
+            line += token
+        if line.strip():
             lines.append(line.rstrip())
-            line = ""
-        line += token
-    if line.strip():
-        lines.append(line.rstrip())
     return "\n".join(lines) or str(text)

@@ -440,7 +440,7 @@ def setup_grid(find: TrialFinder, declaration) -> tuple[list[str], list[list[str
 
 
 def _complete(settings: dict) -> bool:
-    return all(name in settings for name in ("arch", "optimizer", "scheduler", "image_size", "seed", "lr"))
+    return "seed" in settings and all(name in settings for parts in _SETUP_PARTS.values() for name in parts)
 
 
 def protocol(find: TrialFinder, match: dict) -> dict[str, str]:
@@ -457,13 +457,14 @@ def _setting_text(value) -> str:
     return f"{value:g}" if isinstance(value, float) else "–" if value is None else str(value)
 
 
-def protocol_differences(declaration, find_a: TrialFinder, find_b: TrialFinder) -> tuple[list[str], list[list[str]]]:
+def protocol_differences(declaration, find_a: TrialFinder, find_b: TrialFinder, name_a: str, name_b: str
+                         ) -> tuple[list[str], list[list[str]]]:
     """Row, setting, this study's value, the other's: each place where the two protocols differ."""
     cells = []
     for row in declaration.rows:
         a, b = protocol(find_a, row.match), protocol(find_b, row.match)
         cells += [[row.label, name, a[name], b[name]] for name in a if a[name] != b[name]]
-    return ["row", "setting"], cells
+    return ["row", "setting", name_a, name_b], cells
 
 
 def search_protocol(results: StudyResults) -> tuple[list[str], list[list[str]]]:
@@ -854,9 +855,9 @@ def _blocks(context: _Context, tables: list[Table], other: tuple[StudyResults, l
             other_name = other[0].name
             blocks += _compare_section(table, other_name, other[1][index], results.name,
                                        out / f"{stem}.compare.csv")
-            headers, cells = protocol_differences(declaration, find, other_find)
+            headers, cells = protocol_differences(declaration, find, other_find, results.name, other_name)
             blocks.append(Heading(f"Protocol differences with study {other_name}", 3))
-            blocks += ([grid(headers + [results.name, other_name], cells)] if cells else
+            blocks += ([grid(headers, cells)] if cells else
                        [Text("None: both studies planned these rows with the same settings and seeds.")])
         blocks += _table_figures(context, table, stem, columns[table.name])
     return blocks + _best_model_section(context)
