@@ -476,11 +476,11 @@ def _class_index(column: str) -> int:
 
 
 def _set_title(ax, text: str) -> None:
-    """The title wrapped to the axes' width (about 12 characters per inch at medium size), the top margin
+    """The title wrapped to the axes' width (about 14 characters per inch at medium size), the top margin
     grown to its lines; the legend beside the axes moves down with it."""
     figure = ax.figure
     width, height = figure.get_size_inches()
-    lines = _wrap(text, max(30, int(ax.get_position().width * width * 12)))
+    lines = _wrap(text, max(30, int(ax.get_position().width * width * 14)))
     top = 1 - (0.2 + 0.2 * (lines.count("\n") + 1)) / height
     figure.subplots_adjust(top=top)
     for legend in figure.legends:

@@ -549,3 +549,29 @@ def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_pa
     assert first == {"index": 0, "config": json.loads(json.dumps(config.to_dict()))}
     assert np.array_equal(np.load(tmp_path / "0.npy", allow_pickle=False), expected) and expected.shape == (3, 32, 32)
     assert second["index"] == 1 and gone["weights_best"] in second["error"]
+
+
+def test_pretraining_reused_from_an_earlier_study_is_named_with_its_setup_and_curves(tmp_path):
+    from dataclasses import replace
+
+    from study.plan import PLAN_FILE, PretrainJob
+    from study.storage import ARTIFACTS
+    from trainables.config import TrainConfig
+
+    storage, _ = fcn_study(tmp_path)
+    config = TrainConfig(arch="segformer_b0", dataset="cityscapes", data_root="/data/cityscapes", epochs=4,
+                         batch_size=8, image_size=(32, 64), lr=5e-4, export_encoder="best").to_dict()
+    job = PretrainJob(source="cityscapes", key="0123456789abcdef", config=config)
+    plan = Plan.from_json(storage.read_text("fcn", PLAN_FILE), PLAN_FILE)
+    storage.write_text(replace(plan, pretrain_jobs=[job]).to_json(), "fcn", PLAN_FILE)
+    records = epoch_records(fake_trial("pretrain", 0, [0.30, 0.25]))  # best validated epoch: 2
+    storage.write_json({"job": {"source": job.source, "key": job.key, "config": config}, "trial_key": job.trial_key,
+                        "made_by_study": "earlier", "records": records}, ARTIFACTS, "encoders", job.key, "job.json")
+    text = report.write_report(load_results(storage, "fcn"), tmp_path / "out").read_text()
+    section = text[text.index("## Pretraining"):text.index("## FCN on Oxford-IIIT Pet")]
+    for line in ("| dataset | cityscapes (19 classes) |", "| image size | 32×64 |", "| epochs | 4 (val every 2) |",
+                 "| batch size | 8 |", "| lr | 0.0005 |", "| encoder exported | best validated epoch (epoch 2) |",
+                 "| trained | reused from study earlier |", f"| encoder key | {job.key} |"):
+        assert line in section, line
+    assert "| cityscapes, segformer_b0 (paper stem) | 1/1 |" in section
+    assert_every_figure_in_both_formats(tmp_path / "out", {"pretraining-loss", "pretraining-miou"})
