@@ -210,28 +210,31 @@ def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path
     columns = [(label, trial) for label, trial in columns if trial is not None][:MAX_ROWS]
     if not columns:
         raise FigureSkipped("no row of this table has a finished trial with stored weights yet")
-    predicted = [(label, *predictions.predict(trial)) for label, trial in columns]
+    predicted = [(label, predictions.predict(trial)) for label, trial in columns]
     first = predicted[0][1]
-    images, truth = predictions.split(first)
-    names = class_names(first.dataset, first.num_classes)
+    # Input and ground truth are the first column's; a column of another dataset has other images.
+    left_out = [label for label, p in predicted if p.config.dataset != first.config.dataset]
+    predicted = [(label, p) for label, p in predicted if p.config.dataset == first.config.dataset]
+    names = class_names(first.config.dataset, first.config.num_classes)
     colours = np.zeros((256, 3), dtype=np.uint8)  # ignored pixels stay black
-    colours[: len(names)] = np.array(palette(first.dataset, len(names)), dtype=np.uint8)
-    height, width = _tile_size(images.shape[1:3])
-    labels = ["input", "ground truth"] + [label for label, _, _ in predicted]
-    count, across = len(images), len(labels)
+    colours[: len(names)] = np.array(palette(first.config.dataset, len(names)), dtype=np.uint8)
+    height, width = _tile_size(first.images.shape[1:3])
+    labels = ["input", "ground truth"] + [label for label, _ in predicted]
+    count, across = min(len(p.images) for _, p in predicted), len(labels)
     band = 16  # under each tile: that image's IoU
     step_x, step_y = width + TILE_GAP, height + band
     mosaic = np.full((count * step_y, across * step_x - TILE_GAP, 3), 255, dtype=np.uint8)
     scores = []
     for index in range(count):
-        tiles = [images[index], colours[truth[index]]]
-        for _, config, prediction in predicted:
-            _, own_truth = predictions.split(config)  # the same images at this model's working resolution
-            tiles.append(colours[prediction[index]])
-            scores.append((len(tiles) - 1, index, image_iou(prediction[index], own_truth[index], config.num_classes)))
+        tiles = [first.images[index], colours[first.truth[index]]]
+        for _, p in predicted:  # each model at its own working resolution, against its own ground truth
+            tiles.append(colours[p.masks[index]])
+            scores.append((len(tiles) - 1, index, image_iou(p.masks[index], p.truth[index], p.config.num_classes)))
         for column, tile in enumerate(tiles):
             mosaic[index * step_y:index * step_y + height, column * step_x:column * step_x + width] = \
                 _fit(tile, height, width)
+    if left_out:
+        title += f" (left out, another dataset: {', '.join(left_out)})"
     wrapped = [_wrap(label, max(8, width // 6)) for label in labels]
     legend_columns = max(1, min(len(names) + 1, 6, (mosaic.shape[1] + 20) // 120))
     legend_rows = -(-(len(names) + 1) // legend_columns)

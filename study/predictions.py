@@ -2,9 +2,10 @@
 
 Importing torch and building the models is the largest part of a report's time. `Predictions.prefetch`
 hands the trials to a worker process (`python -m study.predictions`, a fresh interpreter: nothing of
-the caller's `__main__` runs again, unlike multiprocessing's spawn) that predicts while the report
-draws its other figures. The worker answers each trial with a JSON line and a .npy file (read back
-with allow_pickle=False); if it is gone, the report predicts in its own process. This module imports
+the caller's `__main__` runs again, unlike multiprocessing's spawn) that lists the validation images
+and predicts while the report draws its other figures (listing a split imports torchvision, and with
+it torch). The worker answers each trial with a JSON line and an .npz file (read back with
+allow_pickle=False); if it is gone, the report predicts in its own process. This module imports
 neither matplotlib nor, until a prediction is made, torch.
 """
 
@@ -16,6 +17,8 @@ import os
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -26,24 +29,26 @@ from study.errors import StudyError
 MASK_IMAGES = 6  # the first validation images of the dataset (sorted by file name): the same in every figure
 
 
+@dataclass(frozen=True)
+class Predicted:
+    """A model's masks on the first validation images of its dataset, at its working resolution."""
+
+    config: object  # the trial's TrainConfig
+    images: np.ndarray  # uint8 N,H,W,3
+    truth: np.ndarray  # uint8 N,H,W: the ground truth, 255 ignored
+    masks: np.ndarray  # uint8 N,H,W: the predicted class ids
+
+
 class Predictions:
     """Each model's masks on the first `count` validation images of its dataset, computed once per report."""
 
     def __init__(self, count: int = MASK_IMAGES):
         self.count = count
-        self._splits: dict = {}
         self._masks: dict = {}
         self._queued: dict = {}  # trial key -> its index in the worker's request
         self._answers: dict = {}  # index -> the worker's answer, read ahead of need
         self._worker: subprocess.Popen | None = None
         self._folder: tempfile.TemporaryDirectory | None = None
-
-    def split(self, config) -> tuple[np.ndarray, np.ndarray]:
-        """(images uint8 N,H,W,3; masks uint8 N,H,W) of the validation split at the config's working size."""
-        key = (config.dataset, config.data_root, tuple(config.image_size), config.cache_dir)
-        if key not in self._splits:
-            self._splits[key] = validation_images(config, self.count)
-        return self._splits[key]
 
     def prefetch(self, trials) -> None:
         """Start predicting these trials' masks (their best weights) in a worker process."""
@@ -68,8 +73,8 @@ class Predictions:
             return
         self._queued = {key: index for index, key in enumerate(todo)}
 
-    def predict(self, trial: dict, which: str = "best"):
-        """(config, predicted class ids N,H,W) of a trial's model (its best validated epoch's weights)."""
+    def predict(self, trial: dict, which: str = "best") -> Predicted:
+        """A trial's model's masks (its best validated epoch's weights) and the images they are of."""
         key = _key(trial, which)
         if key not in self._masks:
             answer = self._answer(self._queued[key]) if key in self._queued else None
@@ -80,8 +85,9 @@ class Predictions:
             else:
                 from trainables.config import TrainConfig
 
-                prediction = np.load(Path(self._folder.name) / f"{answer['index']}.npy", allow_pickle=False)
-                self._masks[key] = (TrainConfig.from_dict(answer["config"]), prediction)
+                with np.load(Path(self._folder.name) / f"{answer['index']}.npz", allow_pickle=False) as arrays:
+                    self._masks[key] = Predicted(TrainConfig.from_dict(answer["config"]), arrays["images"],
+                                                 arrays["truth"], arrays["masks"])
         return self._masks[key]
 
     def _answer(self, index: int) -> dict | None:
@@ -109,26 +115,36 @@ class Predictions:
             self._folder = None
 
 
-def predict_masks(trial: dict, count: int, which: str = "best"):
-    """(config, predicted class ids N,H,W) of one trial's model on its first `count` validation images."""
+def predict_masks(trial: dict, count: int, which: str = "best") -> Predicted:
+    """One trial's model on the first `count` validation images of its dataset."""
     import torch
 
     from study.models import load_trial_model
     from trainables.data.device import DeviceSplit
 
-    model, config = load_trial_model(trial, which)
-    images, masks = validation_images(config, count)
-    split = DeviceSplit(images, masks, torch.device("cpu"))
-    with torch.inference_mode():
-        prediction = model(split.normalize(split.images)).argmax(1).numpy().astype(np.uint8)
-    return config, prediction
+    # One thread: a few small images need no more, and beside the report drawing on the other core,
+    # more threads than free cores slowed this down tenfold (measured on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model, config = load_trial_model(trial, which)
+        images, truth = validation_images(config.dataset, config.data_root, tuple(config.image_size),
+                                          config.cache_dir, count)
+        split = DeviceSplit(images, truth, torch.device("cpu"))
+        with torch.inference_mode():
+            masks = model(split.normalize(split.images)).argmax(1).numpy().astype(np.uint8)
+    finally:
+        torch.set_num_threads(threads)
+    return Predicted(config, images, truth, masks)
 
 
-def validation_images(config, count: int) -> tuple[np.ndarray, np.ndarray]:
+@lru_cache(maxsize=8)
+def validation_images(dataset: str, root: str, size: tuple, cache_dir: str | None, count: int):
+    """(images, masks) of the first `count` validation samples at a working size; listing a split imports
+    torchvision, so this runs where the models do."""
     from trainables.data import SPLITS, load_split
 
-    arrays = load_split(config.dataset, config.data_root, SPLITS[config.dataset][1], config.image_size,
-                        config.cache_dir, max_samples=count, progress=False)
+    arrays = load_split(dataset, root, SPLITS[dataset][1], size, cache_dir, max_samples=count, progress=False)
     return np.array(arrays.images), np.array(arrays.masks)
 
 
@@ -155,9 +171,9 @@ def _serve() -> None:
     folder = Path(request["folder"])
     for index, trial in enumerate(request["trials"]):
         try:
-            config, prediction = predict_masks(trial, request["count"], request["which"])
-            np.save(folder / f"{index}.npy", prediction, allow_pickle=False)
-            answer = {"index": index, "config": config.to_dict()}
+            predicted = predict_masks(trial, request["count"], request["which"])
+            np.savez(folder / f"{index}.npz", images=predicted.images, truth=predicted.truth, masks=predicted.masks)
+            answer = {"index": index, "config": predicted.config.to_dict()}
         except Exception as error:  # the report shows it where the figure would be, as if predicted there
             answer = {"index": index, "error": str(error) if isinstance(error, StudyError)
                       else f"{type(error).__name__}: {error}"}

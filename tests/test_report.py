@@ -545,9 +545,11 @@ def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_pa
                           capture_output=True, timeout=300, env=study_env(storage))
     assert done.returncode == 0, done.stderr
     first, second = (json.loads(line) for line in done.stdout.splitlines())
-    config, expected = predict_masks(good, 3)
-    assert first == {"index": 0, "config": json.loads(json.dumps(config.to_dict()))}
-    assert np.array_equal(np.load(tmp_path / "0.npy", allow_pickle=False), expected) and expected.shape == (3, 32, 32)
+    expected = predict_masks(good, 3)
+    assert first == {"index": 0, "config": json.loads(json.dumps(expected.config.to_dict()))}
+    with np.load(tmp_path / "0.npz", allow_pickle=False) as answered:
+        for name, shape in (("images", (3, 32, 32, 3)), ("truth", (3, 32, 32)), ("masks", (3, 32, 32))):
+            assert np.array_equal(answered[name], getattr(expected, name)) and answered[name].shape == shape
     assert second["index"] == 1 and gone["weights_best"] in second["error"]
 
 
