@@ -25,14 +25,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from study.predictions import Predictions
+from study.predictions import MAX_ROWS, Predictions
 from trainables.data.classes import IGNORE_INDEX, class_names, palette
 
 # Learning-curve figures: train and val of one metric on the same axes, so the gap can be read.
 PAIRS = {"loss": ("train_loss", "val_loss", "cross-entropy loss"), "miou": ("train_miou", "val_miou", "mIoU")}
 PAIR_TITLES = {"loss": "Loss", "miou": "mIoU"}
 IOU_PREFIX = "val_iou_"
-MAX_ROWS = 8  # rows drawn in colour, bars and mask columns per figure; further rows: grey curves, left out elsewhere
 GREY = "0.6"
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">")
 STOPPED_MARKER = "X"
@@ -279,19 +278,6 @@ def _fit(picture: np.ndarray, height: int, width: int) -> np.ndarray:
     rows = np.arange(height) * picture.shape[0] // height
     columns = np.arange(width) * picture.shape[1] // width
     return picture[rows][:, columns]
-
-
-def best_checkpoint_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The main trial with the highest best val mIoU among those with stored best weights (ties: first key)."""
-    if trials.empty:
-        return None
-    scores = pd.to_numeric(trials["best_val_miou"], errors="coerce")
-    candidates = trials[(trials["stage"] == "main") & trials["weights_best"].notna() & scores.notna()]
-    if candidates.empty:
-        return None
-    ranked = candidates.assign(_score=scores[candidates.index]).sort_values(["_score", "trial_key"],
-                                                                             ascending=[False, True], kind="stable")
-    return candidates.loc[ranked.index[0]]
 
 
 # -- search studies ----------------------------------------------------------------------------

@@ -27,6 +27,7 @@ import pandas as pd
 from study.errors import StudyError
 
 MASK_IMAGES = 6  # the first validation images of the dataset (sorted by file name): the same in every figure
+MAX_ROWS = 8  # table rows per figure: curves in colour (further rows grey), bars, mask columns (further: left out)
 
 
 @dataclass(frozen=True)

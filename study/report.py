@@ -35,7 +35,7 @@ import pandas as pd
 
 from study.errors import StudyError
 from study.plan import EXECUTION_ONLY
-from study.predictions import MASK_IMAGES, Predictions
+from study.predictions import MASK_IMAGES, MAX_ROWS, Predictions
 from study.record import (
     TRIAL_COLUMNS,
     Stage,
@@ -806,21 +806,21 @@ class _Context:
 
 def _write_report(results: StudyResults, tables: list[Table], out: Path,
                   other: tuple[StudyResults, list[Table]] | None, storage: Storage | None = None) -> Path:
-    draw = _Figures(out)
-    figures = draw.module
     main = main_trials(results)
-    context = _Context(results, out, draw, figures.EpochIndex(results.epochs), Predictions(),
-                       {row["trial_id"]: row for row in main.to_dict("records") if _present(row["trial_id"])})
+    records = {row["trial_id"]: row for row in main.to_dict("records") if _present(row["trial_id"])}
+    columns = {table.name: [(row.label, _best_seed(records, row)) for row in table.rows] for table in tables}
+    best = best_checkpoint_trial(results.trials)
+    predictions = Predictions()
     try:
-        columns = {table.name: [(row.label, _best_seed(context, row)) for row in table.rows] for table in tables}
-        best = figures.best_checkpoint_trial(results.trials)
-        context.predictions.prefetch([trial for found in columns.values() for trial in
-                                      [t for _, t in found if t is not None][:figures.MAX_ROWS]]
-                                     + ([best.to_dict()] if best is not None else []))
-        blocks = _blocks(context, tables, other, storage, columns)
-        blocks = draw.finish(blocks)
+        # The masks' worker starts first: its imports (torch) take longer than anything else the report does.
+        predictions.prefetch([trial for found in columns.values() for trial in
+                              [t for _, t in found if t is not None][:MAX_ROWS]]
+                             + ([best.to_dict()] if best is not None else []))
+        draw = _Figures(out)
+        context = _Context(results, out, draw, draw.module.EpochIndex(results.epochs), predictions, records)
+        blocks = draw.finish(_blocks(context, tables, other, storage, columns))
     finally:
-        context.predictions.close()
+        predictions.close()
     if draw.problems:
         blocks += [Heading("Notes"), Items(tuple(f"figure {problem}" for problem in draw.problems))]
     path = out / "report.md"
@@ -872,11 +872,11 @@ def _table_figures(context: _Context, table: Table, stem: str, columns: list) ->
     blocks.append(draw.later(f"Predicted masks: {table.title}", figures.predicted_masks, columns,
                              context.predictions, f"{table.title}: each row's best seed at its best validated epoch",
                              stem=f"{stem}-masks"))
-    shown = [(label, trial) for label, trial in columns if trial is not None][:figures.MAX_ROWS]
+    shown = [(label, trial) for label, trial in columns if trial is not None][:MAX_ROWS]
     missing = [label for label, trial in columns if trial is None]
     text = ("Learning curves: train (dashed) and val (solid) on the same axes, mean over each row's finished seeds, "
             "band from min to max over seeds; trials stopped early by the scheduler are drawn each to its last "
-            f"epoch and marked ✕ there; rows past the first {figures.MAX_ROWS} are grey. Per-class IoU: last "
+            f"epoch and marked ✕ there; rows past the first {MAX_ROWS} are grey. Per-class IoU: last "
             "validated epoch, mean over seeds, error bar = sample std. Predicted masks: the first "
             f"{MASK_IMAGES} validation images; a column per row: its best seed (highest best val mIoU) "
             "with the weights of its best validated epoch; under each prediction, that image's IoU (mean over the "
@@ -890,18 +890,31 @@ def _table_figures(context: _Context, table: Table, stem: str, columns: list) ->
     return blocks
 
 
-def _best_seed(context: _Context, row: TableRow) -> dict | None:
-    candidates = [context.records[t] for t in row.trial_ids
-                  if t in context.records and _present(context.records[t].get("weights_best"))
-                  and _present(context.records[t].get("best_val_miou"))]
+def _best_seed(records: dict, row: TableRow) -> dict | None:
+    """The row's finished trial with the highest best val mIoU and stored weights (ties: first trial key)."""
+    candidates = [records[t] for t in row.trial_ids if t in records
+                  and _present(records[t].get("weights_best")) and _present(records[t].get("best_val_miou"))]
     if not candidates:
         return None
     return min(candidates, key=lambda trial: (-float(trial["best_val_miou"]), str(trial["trial_key"])))
 
 
+def best_checkpoint_trial(trials: pd.DataFrame) -> pd.Series | None:
+    """The main trial with the highest best val mIoU among those with stored best weights (ties: first key)."""
+    if trials.empty:
+        return None
+    scores = pd.to_numeric(trials["best_val_miou"], errors="coerce")
+    candidates = trials[(trials["stage"] == Stage.MAIN.value) & trials["weights_best"].notna() & scores.notna()]
+    if candidates.empty:
+        return None
+    ranked = candidates.assign(_score=scores[candidates.index]).sort_values(["_score", "trial_key"],
+                                                                             ascending=[False, True], kind="stable")
+    return candidates.loc[ranked.index[0]]
+
+
 def _best_model_section(context: _Context) -> list:
     figures, trials = context.draw.module, context.results.trials
-    best = figures.best_checkpoint_trial(trials)
+    best = best_checkpoint_trial(trials)
     blocks = [Heading("Best model of the study")]
     if best is None:
         return blocks + [Picture("Predicted masks of the best model", note="not drawn: no main-stage trial has "
