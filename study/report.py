@@ -646,7 +646,8 @@ def render_markdown(blocks: list, out: Path) -> str:
         elif isinstance(block, Grid):
             lines.append(markdown_table(list(block.headers), [list(line) for line in block.cells]))
         elif isinstance(block, Picture):
-            lines.append(f"![{block.title}]({block.png.relative_to(out).as_posix()})" if block.png
+            alt = block.title.replace("[", "(").replace("]", ")")  # a bracket would end Markdown's alt text
+            lines.append(f"![{alt}]({block.png.relative_to(out).as_posix()})" if block.png
                          else f"*{block.title}: {block.note}*")
         elif isinstance(block, DataFile):
             name = block.path.relative_to(out).as_posix()
@@ -859,7 +860,9 @@ def _blocks(context: _Context, tables: list[Table], other: tuple[StudyResults, l
             blocks.append(Heading(f"Protocol differences with study {other_name}", 3))
             blocks += ([grid(headers, cells)] if cells else
                        [Text("None: both studies planned these rows with the same settings and seeds.")])
-        blocks += _table_figures(context, table, stem, columns[table.name])
+        # a table named like the report's own figures (pretraining-loss, predicted-masks) gets its own names
+        blocks += _table_figures(context, table, f"{stem}-table" if stem in ("pretraining", "predicted") else stem,
+                                 columns[table.name])
     return blocks + _best_model_section(context)
 
 
@@ -1013,6 +1016,9 @@ def _search_section(context: _Context, storage: Storage | None) -> list:
     def load_study():
         if "study" not in loaded:
             try:
+                if url is None and storage is None:
+                    raise figures.FigureSkipped("the report was written without the study's storage "
+                                                "(write_report(..., storage=...))")
                 loaded["study"] = figures.optuna_study(url, results.name)
             except Exception as error:  # noqa: BLE001 - read once; both figures say the same
                 loaded["study"] = error

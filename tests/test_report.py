@@ -578,3 +578,10 @@ def test_pretraining_reused_from_an_earlier_study_is_named_with_its_setup_and_cu
         assert line in section, line
     assert "| cityscapes, segformer_b0 (paper stem) | 1/1 |" in section
     assert_every_figure_in_both_formats(tmp_path / "out", {"pretraining-loss", "pretraining-miou"})
+
+
+def test_a_table_named_like_the_reports_own_figures_keeps_its_own(tmp_path):
+    table = declared_table("predicted", [("FCN from scratch", {"config_name": "fcn_scratch"})])
+    storage, _ = fcn_study(tmp_path, tables=(table,))
+    report.write_report(load_results(storage, "fcn"), tmp_path / "out")
+    assert_every_figure_in_both_formats(tmp_path / "out", {"predicted-table-loss", "predicted-table-miou"})
