@@ -1,71 +1,165 @@
-"""The figures of a study report, as PNG files drawn on matplotlib's Agg canvas (headless).
+"""The figures of a study report, drawn on matplotlib's Agg canvas (headless), each written twice:
+`<stem>.png` (for report.md and report.html) and `<stem>.svg` (vector, for a paper).
 
-Each function draws one figure to `path` and returns it; `FigureSkipped` says there is
-nothing to draw yet (no finished trial, no checkpoint), which the report notes.
+Each function draws one figure and returns the PNG's path; `FigureSkipped` says there is
+nothing to draw yet (no finished trial, no stored weights, no Optuna study), which the report
+notes. Work is linear in trials and epochs, and the number of artists is bounded whatever the
+number of trials: the epochs are indexed by trial once (`EpochIndex`), curves beyond the first
+`MAX_ROWS` rows and early-stopped trials are drawn as one line collection each, and a search's
+scatter draws one artist per (variant, state).
 """
 
 from __future__ import annotations
 
+import re
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from matplotlib import colormaps
+from matplotlib import rc_context
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from trainables.data.classes import class_names
+from study.predictions import MAX_ROWS, Predictions
+from trainables.data.classes import IGNORE_INDEX, class_names, palette
 
-CURVES = (("train_loss", "train loss"), ("val_loss", "val loss"), ("train_miou", "train mIoU"),
-          ("val_miou", "val mIoU"))
+# Learning-curve figures: train and val of one metric on the same axes, so the gap can be read.
+PAIRS = {"loss": ("train_loss", "val_loss", "cross-entropy loss"), "miou": ("train_miou", "val_miou", "mIoU")}
+PAIR_TITLES = {"loss": "Loss", "miou": "mIoU"}
 IOU_PREFIX = "val_iou_"
-MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-# tab20's strong colours first, then its light ones: neighbouring classes never share a hue.
-PALETTE = np.array(colormaps["tab20"].colors[0::2] + colormaps["tab20"].colors[1::2])
+GREY = "0.6"
+MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">")
+STOPPED_MARKER = "X"
+FORMATS = ("png", "svg")
 
 
 class FigureSkipped(Exception):
     """Nothing to draw yet; the message says why."""
 
 
-def learning_curves(table, epochs: pd.DataFrame, path) -> Path:
-    """Train and val loss and mIoU against epoch, one line per table row (mean over seeds, min-max band)."""
-    rows = [(row, _row_epochs(epochs, row)) for row in table.rows]
-    rows = [(row, data) for row, data in rows if not data.empty]
-    if not rows:
-        raise FigureSkipped("no finished trial in this table yet")
-    figure = Figure(figsize=(11, 8), layout="constrained")
-    axes = figure.subplots(2, 2)
-    for (metric, label), ax in zip(CURVES, axes.flat):
-        for index, (row, data) in enumerate(rows):
-            if metric not in data:
+# -- epochs by trial ----------------------------------------------------------------
+class EpochIndex:
+    """The study's epochs, grouped by trial id once, so that each row's epochs are found without a scan."""
+
+    def __init__(self, epochs: pd.DataFrame):
+        self.frame = epochs
+        usable = not epochs.empty and "trial_id" in epochs and "epoch" in epochs
+        self.positions = epochs.groupby("trial_id", sort=False).indices if usable else {}
+
+    def grouped(self, groups, column: str) -> dict[int, pd.DataFrame]:
+        """Per group of trial ids (by its index in `groups`): mean, min and max of `column` per epoch.
+
+        Non-finite values (epochs without validation) are left out. One groupby for all groups.
+        """
+        if column not in self.frame:
+            return {}
+        positions, labels = [], []
+        for number, trial_ids in enumerate(groups):
+            for trial_id in trial_ids:
+                found = self.positions.get(trial_id)
+                if found is not None:
+                    positions.append(found)
+                    labels.append(np.full(len(found), number))
+        if not positions:
+            return {}
+        where = np.concatenate(positions)
+        values = pd.to_numeric(self.frame[column].iloc[where], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
+        epochs = self.frame["epoch"].iloc[where].to_numpy(dtype=float, na_value=np.nan)
+        keep = np.isfinite(values) & np.isfinite(epochs)
+        data = pd.DataFrame({"group": np.concatenate(labels)[keep], "epoch": epochs[keep].astype(int),
+                             "value": values[keep]})
+        stats = data.groupby(["group", "epoch"])["value"].agg(["mean", "min", "max"])
+        return {int(group): part.droplevel(0) for group, part in stats.groupby(level=0)}
+
+    def last_validated(self, trial_ids) -> pd.DataFrame:
+        """The last validated epoch of each of these trials."""
+        found = [self.positions[t] for t in trial_ids if t in self.positions]
+        if not found or "val_miou" not in self.frame:
+            return self.frame.iloc[0:0]
+        rows = self.frame.iloc[np.concatenate(found)]
+        validated = rows[pd.to_numeric(rows["val_miou"], errors="coerce").notna()]
+        return validated.sort_values("epoch").groupby("trial_id", sort=False).tail(1)
+
+
+# -- learning curves ------------------------------------------------------------------
+def learning_curves(rows, epochs: EpochIndex, title: str, pair: str, path) -> Path:
+    """Train (dashed) and val (solid) of one metric pair per row, mean over the row's finished seeds with a
+    min-max band; early-stopped trials drawn each to its last epoch and marked there.
+
+    `rows`: objects with `label`, `trial_ids` (finished) and `stopped_ids` (early stopped).
+    """
+    train, val, ylabel = PAIRS[pair]
+    rows = list(rows)
+    figure, ax = _axes_with_legend(9.5, 4.8)
+    handles, drawn = [], False
+    grey = {train: [], val: []}
+    stopped = {train: ([], []), val: ([], [])}  # column -> (segments, colours)
+    stopped_ends = ([], [], [])  # x, y, colour
+    for column in (train, val):
+        means = epochs.grouped([row.trial_ids for row in rows], column)
+        for number, stats in means.items():
+            drawn = True
+            if number >= MAX_ROWS:
+                grey[column].append(np.column_stack([stats.index, stats["mean"]]))
                 continue
-            values = pd.DataFrame({"epoch": data["epoch"],
-                                   metric: pd.to_numeric(data[metric], errors="coerce")}).dropna()
-            stats = values.groupby("epoch")[metric].agg(["mean", "min", "max"])
-            color = f"C{index % 10}"
-            # Validation happens every few epochs: markers show where its points are.
-            ax.plot(stats.index, stats["mean"], color=color, label=row.label,
-                    marker="o" if metric.startswith("val") else None,
-                    markersize=3)
-            ax.fill_between(stats.index, stats["min"], stats["max"], color=color, alpha=0.2, linewidth=0)
-        ax.set_title(label)
-        ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-    axes[0, 0].legend(fontsize="small")
-    figure.suptitle(f"{table.title}: mean over seeds, band = min to max")
-    return _save(figure, path)
+            colour = f"C{number % 10}"
+            ax.plot(stats.index, stats["mean"], color=colour, linestyle="--" if column == train else "-",
+                    marker="o" if column == val else None, markersize=3, linewidth=1.6)
+            if len(rows[number].trial_ids) > 1:
+                ax.fill_between(stats.index, stats["min"], stats["max"], color=colour, alpha=0.15, linewidth=0)
+        flat = [(number, trial_id) for number, row in enumerate(rows) for trial_id in row.stopped_ids]
+        curves = epochs.grouped([(trial_id,) for _, trial_id in flat], column)
+        for index, stats in curves.items():
+            number = flat[index][0]
+            colour = f"C{number % 10}" if number < MAX_ROWS else GREY
+            segments, colours = stopped[column]
+            segments.append(np.column_stack([stats.index, stats["mean"]]))
+            colours.append(colour)
+            stopped_ends[0].append(stats.index[-1])
+            stopped_ends[1].append(stats["mean"].iloc[-1])
+            stopped_ends[2].append(colour)
+            drawn = True
+    if not drawn:
+        raise FigureSkipped("no trial of this table has reported an epoch yet")
+    for column, style in ((train, "--"), (val, "-")):
+        if grey[column]:
+            ax.add_collection(LineCollection(grey[column], colors=GREY, linestyles=style, linewidths=0.8, alpha=0.6))
+        segments, colours = stopped[column]
+        if segments:
+            ax.add_collection(LineCollection(segments, colors=colours, linestyles=style, linewidths=1.0, alpha=0.7))
+    if stopped_ends[0]:
+        ax.scatter(stopped_ends[0], stopped_ends[1], c=stopped_ends[2], marker=STOPPED_MARKER, s=36, zorder=3)
+    ax.autoscale_view()
+    for number, row in enumerate(rows[:MAX_ROWS]):
+        handles.append(Line2D([], [], color=f"C{number % 10}", linewidth=2, label=_wrap(row.label)))
+    handles += [Line2D([], [], color="black", linestyle="--", label="train"),
+                Line2D([], [], color="black", marker="o", markersize=3, label="val (validated epochs)")]
+    if len(rows) > MAX_ROWS:
+        handles.append(Line2D([], [], color=GREY, label=f"{len(rows) - MAX_ROWS} more rows"))
+    if stopped_ends[0]:
+        handles.append(Line2D([], [], color="black", marker=STOPPED_MARKER, linestyle="none",
+                              label="stopped early (scheduler):\ndrawn to its last epoch"))
+    _legend(figure, handles)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    _set_title(ax, f"{title}\n{PAIR_TITLES[pair]}: mean over finished seeds, band = min to max")
+    return save(figure, path)
 
 
-def class_iou_bars(table, epochs: pd.DataFrame, path) -> Path:
-    """Per-class val IoU of each row at its trials' last validated epoch, mean over seeds (error bar: std)."""
+# -- per-class IoU ------------------------------------------------------------------------
+def class_iou_bars(rows, epochs: EpochIndex, title: str, path) -> Path:
+    """Per-class val IoU of each row at its trials' last validated epoch, mean over seeds (error bar: std),
+    each bar labelled with its value (an IoU of 0 is a bar of height 0 with "0.00" above it)."""
     bars = []
-    for row in table.rows:
-        last = _last_validated(_row_epochs(epochs, row))
-        if last.empty:
-            continue
+    for row in list(rows)[:MAX_ROWS]:
+        last = epochs.last_validated(row.trial_ids)
         ious = last[_iou_columns(last)].apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
         if not ious.empty:
             bars.append((row, ious.mean(), ious.std().fillna(0.0)))
@@ -73,25 +167,123 @@ def class_iou_bars(table, epochs: pd.DataFrame, path) -> Path:
         raise FigureSkipped("no finished trial with a validated epoch in this table yet")
     count = max(_class_index(column) for _, mean, _ in bars for column in mean.index) + 1
     names = class_names(next((row.dataset for row, _, _ in bars if row.dataset), None), count)
-    figure = Figure(figsize=(max(6.0, 0.5 * count * len(bars) + 2), 4.5), layout="constrained")
-    ax = figure.subplots()
+    figure, ax = _axes_with_legend(max(8.5, 0.45 * count * len(bars) + 3.5), 4.8,
+                                   bottom=1.25 if count > 6 else 0.55)
     width = 0.8 / len(bars)
-    positions = np.arange(count)
     for index, (row, mean, std) in enumerate(bars):
         classes = np.array([_class_index(column) for column in mean.index])
-        ax.bar(classes + (index - (len(bars) - 1) / 2) * width, mean.to_numpy(), width,
-               yerr=std.to_numpy(), capsize=2, label=row.label, color=f"C{index % 10}")
-    ax.set_xticks(positions, names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center")
+        container = ax.bar(classes + (index - (len(bars) - 1) / 2) * width, mean.to_numpy(), width,
+                           yerr=std.to_numpy(), capsize=2, label=_wrap(row.label), color=f"C{index % 10}")
+        crowded = count * len(bars) > 12
+        ax.bar_label(container, fmt="%.2f", fontsize=6 if crowded else 7, rotation=90 if crowded else 0, padding=2)
+    ax.set_xticks(np.arange(count), names, rotation=45 if count > 6 else 0, ha="right" if count > 6 else "center")
     ax.set_ylabel("val IoU (last validated epoch)")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(0, 1.12)  # room for the value labels above a bar of 1.0
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
-    ax.set_title(f"{table.title}: per-class IoU")
-    return _save(figure, path)
+    left_out = len(list(rows)) - MAX_ROWS
+    _legend(figure, ax.get_legend_handles_labels()[0])
+    suffix = f" (first {MAX_ROWS} rows of {MAX_ROWS + left_out})" if left_out > 0 else ""
+    _set_title(ax, f"{title}\nper-class IoU, mean over finished seeds, error bar = std{suffix}")
+    return save(figure, path)
 
 
-def search_scatter(trials: pd.DataFrame, path) -> Path:
-    """Best val mIoU against lr (log scale), colour by arch, marker by pretrain/freeze."""
+# -- predicted masks ------------------------------------------------------------------------
+def image_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> float:
+    """One image's mIoU over the classes present in its ground truth or prediction (255 ignored)."""
+    valid = truth != IGNORE_INDEX
+    counts = np.bincount(truth[valid].astype(np.int64) * num_classes + prediction[valid],
+                         minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    true_positive = np.diag(counts)
+    union = counts.sum(0) + counts.sum(1) - true_positive
+    present = union > 0
+    return float((true_positive[present] / union[present]).mean()) if present.any() else float("nan")
+
+
+def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path:
+    """Input, ground truth, then one column per (label, trial record row): the same validation images for
+    every column, each prediction titled by its column's label and captioned with that image's IoU.
+
+    Drawn as one mosaic image on one axes (not an axes per image): a grid of many small axes costs
+    seconds in matplotlib's layout and text handling, the mosaic a few milliseconds.
+    """
+    columns = [(label, trial) for label, trial in columns if trial is not None][:MAX_ROWS]
+    if not columns:
+        raise FigureSkipped("no row of this table has a finished trial with stored weights yet")
+    predicted = [(label, predictions.predict(trial)) for label, trial in columns]
+    first = predicted[0][1]
+    # Input and ground truth are the first column's; a column of another dataset has other images.
+    left_out = [label for label, p in predicted if p.config.dataset != first.config.dataset]
+    predicted = [(label, p) for label, p in predicted if p.config.dataset == first.config.dataset]
+    names = class_names(first.config.dataset, first.config.num_classes)
+    colours = np.zeros((256, 3), dtype=np.uint8)  # ignored pixels stay black
+    colours[: len(names)] = np.array(palette(first.config.dataset, len(names)), dtype=np.uint8)
+    height, width = _tile_size(first.images.shape[1:3])
+    labels = ["input", "ground truth"] + [label for label, _ in predicted]
+    count, across = min(len(p.images) for _, p in predicted), len(labels)
+    band = 16  # under each tile: that image's IoU
+    step_x, step_y = width + TILE_GAP, height + band
+    mosaic = np.full((count * step_y, across * step_x - TILE_GAP, 3), 255, dtype=np.uint8)
+    scores = []
+    for index in range(count):
+        tiles = [first.images[index], colours[first.truth[index]]]
+        for _, p in predicted:  # each model at its own working resolution, against its own ground truth
+            tiles.append(colours[p.masks[index]])
+            scores.append((len(tiles) - 1, index, image_iou(p.masks[index], p.truth[index], p.config.num_classes)))
+        for column, tile in enumerate(tiles):
+            mosaic[index * step_y:index * step_y + height, column * step_x:column * step_x + width] = \
+                _fit(tile, height, width)
+    if left_out:
+        title += f" (left out, another dataset: {', '.join(left_out)})"
+    wrapped = [_wrap(label, max(8, width // 6)) for label in labels]
+    legend_columns = max(1, min(len(names) + 1, 6, (mosaic.shape[1] + 20) // 120))
+    legend_rows = -(-(len(names) + 1) // legend_columns)
+    footer = 18 * legend_rows + 10
+    mosaic_width = mosaic.shape[1] + 20
+    heading = _wrap(title, max(40, mosaic_width // 7))
+    # line heights at 100 dpi: a 10 pt title about 17 px, 8 pt labels about 14 px
+    title_height = 17 * (heading.count("\n") + 1) + 8
+    labels_height = 14 * max(text.count("\n") + 1 for text in wrapped) + 8
+    top = title_height + labels_height
+    figure = Figure(figsize=(mosaic_width / 100, (top + mosaic.shape[0] + footer) / 100))
+    total_width, total_height = figure.get_size_inches() * 100
+    ax = figure.add_axes((10 / total_width, footer / total_height, mosaic.shape[1] / total_width,
+                          mosaic.shape[0] / total_height))
+    ax.imshow(mosaic, interpolation="nearest", aspect="equal")
+    ax.set_axis_off()
+    for column, text in enumerate(wrapped):
+        ax.text(column * step_x + width / 2, -4, text, ha="center", va="bottom", fontsize=8)
+    for column, index, score in scores:
+        ax.text(column * step_x + width / 2, index * step_y + height + 2, f"IoU {score:.2f}", ha="center",
+                va="top", fontsize=7)
+    legend = [Patch(color=colours[i] / 255, label=name) for i, name in enumerate(names)]
+    legend.append(Patch(color="black", label=f"ignored ({IGNORE_INDEX})"))
+    figure.legend(handles=legend, loc="lower center", ncol=legend_columns, fontsize="small", frameon=False,
+                  bbox_to_anchor=(0.5, 0.0))
+    figure.suptitle(heading, fontsize="medium", y=1 - 4 / total_height, va="top")
+    return save(figure, path)
+
+
+TILE = 112  # pixels of a mask tile's longer side: small images are enlarged (nearest), large ones shrunk
+TILE_GAP = 6
+
+
+def _tile_size(shape) -> tuple[int, int]:
+    height, width = shape
+    scale = TILE / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def _fit(picture: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize (masks keep their class colours)."""
+    rows = np.arange(height) * picture.shape[0] // height
+    columns = np.arange(width) * picture.shape[1] // width
+    return picture[rows][:, columns]
+
+
+# -- search studies ----------------------------------------------------------------------------
+def search_scatter(trials: pd.DataFrame, dimensions, path) -> Path:
+    """Best val mIoU against lr (log scale) of every main trial: one colour and marker per combination of the
+    categorical dimensions (each named in the legend), hollow markers for trials stopped early."""
     if trials.empty:
         raise FigureSkipped("no main trial has started yet")
     main = trials[trials["stage"] == "main"].copy()
@@ -100,86 +292,167 @@ def search_scatter(trials: pd.DataFrame, path) -> Path:
     main = main.dropna(subset=["lr", "best_val_miou"])
     if main.empty:
         raise FigureSkipped("no main trial has a validated epoch yet")
-    archs = sorted(main["arch"].astype(str).unique())
-    setups = sorted({(str(p), str(f)) for p, f in zip(main["pretrain"], main["freeze"])})
-    figure = Figure(figsize=(8, 5), layout="constrained")
-    ax = figure.subplots()
-    for (arch, pretrain, freeze), group in main.groupby([main["arch"].astype(str), main["pretrain"].astype(str),
-                                                          main["freeze"].astype(str)]):
-        ax.scatter(group["lr"], group["best_val_miou"], color=f"C{archs.index(arch) % 10}",
-                   marker=MARKERS[setups.index((pretrain, freeze)) % len(MARKERS)],
-                   label=f"{arch}, pretrain {pretrain}, freeze {freeze}")
+    dimensions = [d for d in dimensions if d in main]
+    varying = [d for d in dimensions if main[d].astype(str).nunique() > 1]
+    fixed = [f"{d} {main[d].astype(str).iloc[0]}" for d in dimensions if d not in varying]
+    key = main[varying].astype(str).agg(", ".join, axis=1) if varying else pd.Series("all trials", index=main.index)
+    variants = sorted(key.unique())
+    figure, ax = _axes_with_legend(10, 5.2)
+    handles = []
+    stopped_any = other_any = False
+    for number, variant in enumerate(variants):
+        colour, marker = _variant_style(number)
+        group = main[key == variant]
+        first = group.iloc[0]
+        label = ", ".join(f"{d}={first[d]}" for d in varying) if varying else variant
+        handles.append(Line2D([], [], color=colour, marker=marker, linestyle="none", label=_wrap(label)))
+        for status, part in group.groupby("status", sort=False):
+            if status == "finished":
+                ax.scatter(part["lr"], part["best_val_miou"], color=colour, marker=marker, s=40, zorder=3)
+            elif status == "early_stopped":
+                stopped_any = True
+                ax.scatter(part["lr"], part["best_val_miou"], facecolors="none", edgecolors=colour, marker=marker,
+                           s=40, linewidths=1.3, zorder=3)
+            else:
+                other_any = True
+                ax.scatter(part["lr"], part["best_val_miou"], color=colour, marker="x", s=40, zorder=3)
+    handles.append(Line2D([], [], color="black", marker="o", linestyle="none", label="finished"))
+    if stopped_any:
+        handles.append(Line2D([], [], color="black", marker="o", markerfacecolor="none", linestyle="none",
+                              label="stopped early (scheduler):\nbest val mIoU before the stop"))
+    if other_any:
+        handles.append(Line2D([], [], color="black", marker="x", linestyle="none",
+                              label="errored, diverged or running"))
+    _legend(figure, handles)
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("best val mIoU")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    ax.set_title("Search: best val mIoU of each main trial")
-    return _save(figure, path)
+    _set_title(ax, "Search: best val mIoU of each main trial" + (f" ({', '.join(fixed)} throughout)" if fixed else ""))
+    return save(figure, path)
 
 
-def best_checkpoint_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The main trial with the highest best val mIoU among those with stored best weights."""
-    if trials.empty:
-        return None
-    scores = pd.to_numeric(trials["best_val_miou"], errors="coerce")
-    candidates = trials[(trials["stage"] == "main") & trials["weights_best"].notna() & scores.notna()]
-    if candidates.empty:
-        return None
-    return candidates.loc[scores[candidates.index].idxmax()]
+def optuna_study(url: str | None, name: str):
+    """The study's Optuna study, read from its storage; FigureSkipped when there is none or it is empty."""
+    if url is None:
+        raise FigureSkipped("the Optuna study was kept in memory (an object-store study without "
+                            "`searcher.storage`), so nothing of it was stored")
+    if url.startswith("sqlite:///"):
+        file = Path(url[len("sqlite:///"):])
+        if not file.is_file():  # connecting would create an empty database
+            raise FigureSkipped(f"no Optuna storage at {file}")
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=name, storage=url)
+    except KeyError:
+        raise FigureSkipped(f"the Optuna storage {url} holds no study named {name!r}") from None
+    if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        raise FigureSkipped("the Optuna study holds no completed trial yet")
+    return study
 
 
-def predicted_masks(trials: pd.DataFrame, path, count: int = 6) -> Path:
-    """Input, ground truth and prediction of the study's best model (its best epoch's weights)."""
-    best = best_checkpoint_trial(trials)
-    if best is None:
-        raise FigureSkipped("no main-stage trial has stored weights yet")
+def optimization_history(load_study, target: str, path) -> Path:
+    """Optuna's optimisation history of the study (optuna.visualization.matplotlib)."""
+    study = load_study()
+    from optuna.visualization.matplotlib import plot_optimization_history
 
-    import torch
-
-    from study.models import load_trial_model
-    from trainables.data import IGNORE_INDEX, SPLITS, load_split
-    from trainables.data.device import DeviceSplit
-
-    model, config = load_trial_model(best.to_dict(), "best")
-    arrays = load_split(config.dataset, config.data_root, SPLITS[config.dataset][1], config.image_size,
-                        config.cache_dir, max_samples=count, progress=False)
-    split = DeviceSplit(arrays.images, arrays.masks, torch.device("cpu"))
-    with torch.no_grad():
-        prediction = model(split.normalize(split.images)).argmax(1).numpy()
-    images, masks = split.images.numpy(), split.masks.numpy()
-
-    names = class_names(config.dataset, config.num_classes)
-    colours = np.zeros((256, 3))  # ignored pixels stay black
-    colours[: len(names)] = PALETTE[np.arange(len(names)) % len(PALETTE)]
-    figure = Figure(figsize=(7.5, 2.5 * len(images) + 1), layout="constrained")
-    axes = figure.subplots(len(images), 3, squeeze=False)
-    for index in range(len(images)):
-        for column, (title, picture) in enumerate((("input", images[index]), ("ground truth", colours[masks[index]]),
-                                                   ("prediction", colours[prediction[index]]))):
-            ax = axes[index, column]
-            ax.imshow(picture, interpolation="nearest")
-            ax.set_axis_off()
-            if index == 0:
-                ax.set_title(title)
-    legend = [Patch(color=colours[i], label=name) for i, name in enumerate(names)]
-    legend.append(Patch(color="black", label=f"ignored ({IGNORE_INDEX})"))
-    figure.legend(handles=legend, loc="outside lower center", ncol=min(len(legend), 5), fontsize="small")
-    figure.suptitle(f"{best['trial_key']}: weights of its best epoch ({int(best['best_epoch'])})")
-    return _save(figure, path)
+    with _optuna_plotting():
+        ax = plot_optimization_history(study, target_name=target)
+        return _save_pyplot(ax.figure, path, "Search: optimisation history (Optuna)")
 
 
-def _row_epochs(epochs: pd.DataFrame, row) -> pd.DataFrame:
-    if epochs.empty or "trial_id" not in epochs:
-        return epochs
-    return epochs[epochs["trial_id"].isin(row.trial_ids)]
+def parameter_importances(load_study, target: str, path) -> Path:
+    """Optuna's parameter importances over the study's completed trials, for whatever parameters it holds."""
+    study = load_study()
+    from optuna.visualization.matplotlib import plot_param_importances
+
+    with _optuna_plotting():
+        try:
+            ax = plot_param_importances(study, target_name=target)
+        except (ValueError, RuntimeError) as error:  # e.g. too few trials, or one value per parameter
+            raise FigureSkipped(f"Optuna cannot rank the parameters yet ({error})") from None
+        return _save_pyplot(ax.figure, path, "Search: parameter importances (Optuna)")
 
 
-def _last_validated(epochs: pd.DataFrame) -> pd.DataFrame:
-    if epochs.empty or "val_miou" not in epochs:
-        return epochs.iloc[0:0]
-    validated = epochs[pd.to_numeric(epochs["val_miou"], errors="coerce").notna()]
-    return validated.sort_values("epoch").groupby("trial_id").tail(1)
+class _optuna_plotting:
+    """Optuna draws with pyplot and sets its own style (ggplot) globally: headless unless pyplot is already in
+    use, the style undone afterwards (or every later figure of the report is grey), its warnings silenced."""
+
+    def __enter__(self):
+        if "matplotlib.pyplot" not in sys.modules:
+            import matplotlib
+
+            matplotlib.use("Agg")
+        self._style = rc_context()
+        self._style.__enter__()
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        return self
+
+    def __exit__(self, *exc):
+        self._warnings.__exit__(*exc)
+        self._style.__exit__(*exc)
+        return False
+
+
+def _save_pyplot(figure, path, title: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        figure.set_size_inches(8, 4.8)
+        for where in ("left", "right"):  # Optuna's own title, replaced by the report's
+            figure.axes[0].set_title("", loc=where)
+        figure.axes[0].set_title(title, fontsize="medium")
+        figure.tight_layout()
+        return save(figure, path)
+    finally:
+        plt.close(figure)
+
+
+# -- helpers --------------------------------------------------------------------------------------
+LEGEND_INCHES = 2.7  # right of the axes: the legend, never over the data
+
+
+def _axes_with_legend(width: float, height: float, bottom: float = 0.55) -> tuple[Figure, object]:
+    """One axes with fixed margins (in inches) and room for a legend on its right.
+
+    Fixed margins, not constrained layout: the layout engine measures every text several times per
+    save, which made it most of a report's drawing time.
+    """
+    figure = Figure(figsize=(width, height))
+    ax = figure.subplots()
+    figure.subplots_adjust(left=0.75 / width, right=1 - LEGEND_INCHES / width, bottom=bottom / height,
+                           top=1 - 0.6 / height)
+    return figure, ax
+
+
+def _legend(figure: Figure, handles) -> None:
+    width = figure.get_size_inches()[0]
+    figure.legend(handles=handles, loc="upper left", bbox_to_anchor=(1 - (LEGEND_INCHES - 0.1) / width, 1 - 0.6 /
+                  figure.get_size_inches()[1]), fontsize="small", frameon=False, borderaxespad=0)
+
+
+def save(figure, path) -> Path:
+    """`<path>.png` and `<path>.svg` (the name as given: a table name may hold dots); the PNG's path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    written = {}
+    # SVG: text as text (smaller, editable, and much faster than glyph outlines), no date and fixed
+    # element ids, so that a regenerated figure differs only where the drawing does.
+    with rc_context({"svg.hashsalt": "segstudy", "svg.fonttype": "none"}):
+        for kind in FORMATS:
+            written[kind] = path.parent / f"{path.name}.{kind}"
+            options = {"metadata": {"Date": None}} if kind == "svg" else {"pil_kwargs": {"compress_level": 3}}
+            figure.savefig(written[kind], dpi=100, **options)
+    return written.get("png")
+
+
+def _variant_style(number: int) -> tuple[str, str]:
+    """A distinct (colour, marker) pair per variant: ten colours, the marker changing each round."""
+    return f"C{number % 10}", MARKERS[(number + number // 10) % len(MARKERS)]
 
 
 def _iou_columns(frame: pd.DataFrame) -> list[str]:
@@ -191,8 +464,37 @@ def _class_index(column: str) -> int:
     return int(column[len(IOU_PREFIX):])
 
 
-def _save(figure: Figure, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    return path
+def _set_title(ax, text: str) -> None:
+    """The title wrapped to the axes' width (about 14 characters per inch at medium size), the top margin
+    grown to its lines; the legend beside the axes moves down with it."""
+    figure = ax.figure
+    width, height = figure.get_size_inches()
+    lines = _wrap(text, max(30, int(ax.get_position().width * width * 14)))
+    top = 1 - (0.2 + 0.2 * (lines.count("\n") + 1)) / height
+    figure.subplots_adjust(top=top)
+    for legend in figure.legends:
+        legend.set_bbox_to_anchor((1 - (LEGEND_INCHES - 0.1) / width, top), transform=figure.transFigure)
+    ax.set_title(lines, fontsize="medium")
+
+
+def _wrap(text: str, width: int = 30) -> str:
+    """Lines of at most `width` characters, broken after spaces, slashes, commas, underscores and hyphens (a
+    variant label such as freeze=none/pretrain=none/segformer_stem=paper has no spaces), words longer than
+    a line cut; the text's own line breaks kept."""
+    lines = []
+    for paragraph in str(text).split("\n"):
+        line = ""
+        for token in re.findall(r"[^ /,_-]*[ /,_-]*", paragraph):
+            while len(token) > width:
+                if line:
+                    lines.append(line.rstrip())
+                    line = ""
+                lines.append(token[:width])
+                token = token[width:]
+            if line and len(line) + len(token.rstrip()) > width:
+                lines.append(line.rstrip())
+                line = ""
+            line += token
+        if line.strip():
+            lines.append(line.rstrip())
+    return "\n".join(lines) or str(text)

@@ -71,6 +71,18 @@ def test_mit_presets_follow_the_paper():
     assert 13.0e6 < count_parameters(Segformer(SegformerConfig.mit("b1"), 150)) < 14.0e6  # MiT-B1 SegFormer: 13.7M
 
 
+def test_segformer_layer_norm_eps_as_in_the_official_code():
+    # NVlabs mix_transformer.py: eps 1e-6 (mit_b*'s norm_layer) in the blocks and per-stage norms;
+    # nn.LayerNorm's default 1e-5 in OverlapPatchEmbed and in Attention's spatial-reduction norm.
+    eps = {name: module.eps for name, module in segformer().encoder.named_modules()
+           if isinstance(module, torch.nn.LayerNorm)}
+    default = {name for name in eps if name.startswith("patch_embeddings.") or name.endswith(".reduction_norm")}
+    assert len(eps) == 30 and len(default) == 4 + 6  # B0: 4 embeddings, sr_ratio > 1 in 3 stages of 2 blocks
+    assert {eps[name] for name in default} == {1e-5}
+    assert {eps[name] for name in eps.keys() - default} == {1e-6}
+    assert sum(name.startswith("layer_norms.") for name in eps.keys() - default) == 4
+
+
 def test_encoder_transfer_copies_exactly_the_encoder(tmp_path):
     source, target = segformer(dataset="cityscapes"), segformer()
     decoder_before = {k: v.clone() for k, v in target.decoder.state_dict().items()}

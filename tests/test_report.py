@@ -1,15 +1,23 @@
 """`study report`: tables over seeds, Welch's test, partial studies, figures and compare mode.
 
 The studies here are folders written by tests/fake_study.py in the service's own layout,
-so the report is tested through the real loader on real files.
+so the report is tested through the real loader on real files; the pretraining section and
+the report command as a user runs it are checked on a copy of the session's finished tiny study.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import math
+import re
+import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -17,10 +25,13 @@ from hypothesis import strategies as st
 
 from study import figures, report
 from study.errors import StudyError
+from study.plan import Plan
+from study.predictions import MASK_IMAGES
 from study.results import load_results
 from study.storage import Storage
 from tests.fake_study import epoch_records, fake_trial, write_fake_study
 from tests.fake_study import table as declared_table
+from tests.study_helpers import study_env
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -72,7 +83,8 @@ def test_markdown_labels_final_and_best_and_names_the_test(tmp_path):
     assert "yes (p" in text  # 0.45 vs 0.68 over three seeds each
     scratch = statistics.mean([0.45, 0.47, 0.49])
     assert f"{scratch:.4f} ± {statistics.stdev([0.45, 0.47, 0.49]):.4f} (n=3)" in text
-    assert "@ epochs" in text
+    assert "best at epoch 4 (all 3 seeds)" in text  # scratch: every seed best at its last epoch
+    assert "best at epoch 2 (median; range 2–4)" in text  # pretrained: seeds 0, 1 peak at 2, seed 2 at 4
     csv = pd.read_csv(tmp_path / "out" / "fcn.csv")
     assert set(csv["metric"]) == set(report.METRIC_SOURCES)
     line = csv[(csv["row"] == "FCN from scratch") & (csv["metric"] == "val_miou")].iloc[0]
@@ -128,8 +140,12 @@ def test_partial_study_counts_and_lists_trials_left_out(tmp_path):
     assert "CUDA out of memory" in text and "a-s3 (diverged" in text
     assert "b-s0 (running after 2 of 4 epochs)" in text and "b-s1 (pending)" in text
     assert "not testable (no finished trial)" in text
-    assert "not finished" in text
-    assert (tmp_path / "out" / "figures" / "t-curves.png").stat().st_size > 0
+    assert "The study is not finished: 2 of 6 main trials have finished" in text
+    for stem in ("t-loss", "t-miou", "t-class-iou"):
+        figure = tmp_path / "out" / "figures" / stem
+        assert is_png(figure.with_name(f"{stem}.png")) and is_svg(figure.with_name(f"{stem}.svg"))
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "2 of 6 main trials have finished" in page and "b-s1 (pending)" in page
 
 
 def test_default_table_when_the_study_declares_none(tmp_path):
@@ -175,34 +191,171 @@ def is_png(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 1000 and path.read_bytes()[:8] == PNG_MAGIC
 
 
+def is_svg(path: Path) -> bool:
+    return path.exists() and path.stat().st_size > 1000 and "<svg" in path.read_text()[:2000]
+
+
+def linked_figures(text: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\((figures/[^)]+\.png)\)", text)
+
+
+def assert_every_figure_in_both_formats(out: Path, expected: set[str]) -> None:
+    linked = linked_figures((out / "report.md").read_text())
+    assert {Path(link).stem for link in linked} >= expected, linked
+    for link in linked:
+        assert is_png(out / link) and is_svg((out / link).with_suffix(".svg")), link
+
+
 def test_figures_are_written_and_linked(tmp_path):
     storage, _ = fcn_study(tmp_path)
     path = report.write_report(load_results(storage, "fcn"), tmp_path / "out")
     text = path.read_text()
-    for name in ("fcn-curves.png", "fcn-class-iou.png"):
-        assert is_png(tmp_path / "out" / "figures" / name)
-        assert f"](figures/{name})" in text
-    assert "Predicted masks: not drawn: no main-stage trial has stored weights yet" in text
+    assert_every_figure_in_both_formats(tmp_path / "out", {"fcn-loss", "fcn-miou", "fcn-class-iou"})
+    assert "not drawn: no row of this table has a finished trial with stored weights yet" in text
+    assert "Predicted masks of the best model: not drawn: no main-stage trial has stored weights yet" in text
+
+
+SEARCH_SETUPS = [(1e-4, "fcn_resnet50", "imagenet"), (1e-3, "segformer_b0", "none"),
+                 (3e-3, "segformer_b0", "cityscapes")]
+
+
+def search_study(root: Path, name: str = "search") -> tuple[Storage, list[dict]]:
+    trials = [fake_trial(f"v{i}", 0, [0.25 + 0.1 * i, 0.3 + 0.1 * i], lr=lr, arch=arch, pretrain=pretrain)
+              for i, (lr, arch, pretrain) in enumerate(SEARCH_SETUPS)]
+    # 4 epochs planned (the plan's base settings are the first trial's); the scheduler stopped this one after 2
+    trials.append(fake_trial("v3", 0, [0.2], lr=2e-3, arch="segformer_b0", pretrain="none", status="early_stopped",
+                             epochs_planned=4))
+    return write_fake_study(root, name, trials, search={"num_samples": 4}), trials
+
+
+def write_optuna_study(storage: Storage, name: str, params: list[dict], values: list[float]) -> None:
+    """The study's Optuna storage as a searcher leaves it, with whatever parameters it records."""
+    import optuna
+
+    distributions = {key: optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True) if key == "lr" else
+                     optuna.distributions.CategoricalDistribution(sorted({str(t[key]) for t in params}))
+                     for key in params[0]}
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{storage.path(name, 'optuna.db')}",
+                                direction="maximize")
+    for trial, value in zip(params, values):
+        study.add_trial(optuna.trial.create_trial(params=trial, distributions=distributions, value=value))
 
 
 def test_search_study_gets_the_lr_figure(tmp_path):
-    trials = [fake_trial(f"v{i}", 0, [0.3 + 0.1 * i], lr=lr, arch=arch, pretrain=pretrain)
-              for i, (lr, arch, pretrain) in enumerate([(1e-4, "fcn_resnet50", "imagenet"),
-                                                        (1e-3, "segformer_b0", "none"),
-                                                        (3e-3, "segformer_b0", "cityscapes")])]
-    storage = write_fake_study(tmp_path, "search", trials, search={"num_samples": 3})
-    path = report.write_report(load_results(storage, "search"), tmp_path / "out")
-    assert is_png(tmp_path / "out" / "figures" / "search-lr.png")
+    storage, _ = search_study(tmp_path)
+    path = report.write_report(load_results(storage, "search"), tmp_path / "out", storage=storage)
+    assert_every_figure_in_both_formats(tmp_path / "out", {"search-lr", "trials-loss", "trials-miou"})
     text = path.read_text()
     assert "](figures/search-lr.png)" in text
     # each sample has its own lr, so the default table has a row per trial (best first), not means over them
     rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| arch=")]
     assert rows == ["arch=segformer_b0/pretrain=cityscapes, lr 0.003", "arch=segformer_b0/pretrain=none, lr 0.001",
-                    "arch=fcn_resnet50/pretrain=imagenet, lr 0.0001"]
+                    "arch=fcn_resnet50/pretrain=imagenet, lr 0.0001", "arch=segformer_b0/pretrain=none, lr 0.002 †"]
+    # no Optuna storage in this folder: both Optuna figures say so, and the report is still written
+    assert "Search: optimisation history: not drawn: no Optuna storage at" in text
+    assert "Search: parameter importances: not drawn: no Optuna storage at" in text
+    assert not (tmp_path / "search" / "optuna.db").exists()  # looking for it created nothing
+    assert "| samples | 4, by optuna" in text and "| lr | loguniform in [0.0001, 0.003] |" in text
+
+
+@pytest.mark.parametrize("shape", ["one variant parameter", "a parameter per dimension"])
+def test_optuna_history_and_importances_whatever_parameters_the_study_holds(tmp_path, shape):
+    storage, trials = search_study(tmp_path)
+    if shape == "one variant parameter":
+        params = [{"variant": t["config_name"], "lr": t["settings"]["lr"]} for t in trials]
+    else:  # one parameter per categorical dimension, as a rebuilt Optuna study may record them
+        params = [{"arch": t["settings"]["arch"], "pretrain": t["settings"]["pretrain"], "lr": t["settings"]["lr"]}
+                  for t in trials]
+    write_optuna_study(storage, "search", params * 2, [0.3, 0.4, 0.5, 0.2, 0.35, 0.45, 0.55, 0.25])
+    text = report.write_report(load_results(storage, "search"), tmp_path / "out", storage=storage).read_text()
+    assert "## Notes" not in text and not re.search(r"Search: [^\n]*not drawn", text), text
+    assert_every_figure_in_both_formats(tmp_path / "out", {"search-history", "search-importance"})
+    importance = (tmp_path / "out" / "figures" / "search-importance.svg").read_text()
+    names = {"variant", "lr"} if shape == "one variant parameter" else {"arch", "pretrain", "lr"}
+    assert all(f">{name}<" in importance for name in names)
+
+
+def test_an_empty_optuna_study_is_noted_not_drawn(tmp_path):
+    storage, _ = search_study(tmp_path)
+    import optuna
+
+    optuna.create_study(study_name="search", storage=f"sqlite:///{storage.path('search', 'optuna.db')}")
+    text = report.write_report(load_results(storage, "search"), tmp_path / "out", storage=storage).read_text()
+    assert "Search: optimisation history: not drawn: the Optuna study holds no completed trial yet" in text
+    assert "## Notes" not in text
+
+
+def test_search_scatter_encodes_every_categorical_dimension_and_marks_early_stops(tmp_path):
+    from study.record import TRIAL_COLUMNS, typed_frame
+
+    combos = [(p, f, stem) for p in ("none", "cityscapes") for f in ("none", "encoder") for stem in ("paper", "small")
+              if not (p == "none" and f == "encoder")]
+    rows = [{"trial_key": f"search-{i}", "stage": "main", "arch": "segformer_b0", "pretrain": p, "freeze": f,
+             "segformer_stem": stem, "lr": 1e-4 * (i + 1), "best_val_miou": 0.3 + 0.01 * i,
+             "status": "early_stopped" if i % 2 else "finished"} for i, (p, f, stem) in enumerate(combos)]
+    captured = capture_figures(lambda: figures.search_scatter(
+        typed_frame(rows, TRIAL_COLUMNS), ["pretrain", "freeze", "segformer_stem"], tmp_path / "scatter"))
+    labels = {"".join(h.get_label().split()) for h in captured[0].legends[0].legend_handles}  # wrapped lines joined
+    for p, f, stem in combos:  # each combination in the legend with all three dimensions, stem included
+        assert f"pretrain={p},freeze={f},segformer_stem={stem}" in labels
+    assert any(label.startswith("stoppedearly") for label in labels)
+    assert is_svg(tmp_path / "scatter.svg") and is_png(tmp_path / "scatter.png")
+    handles = [h for h in captured[0].legends[0].legend_handles if "pretrain=" in h.get_label()]
+    assert len({(h.get_color(), h.get_marker()) for h in handles}) == len(combos)  # a distinct style per variant
+    hollow = [c for c in captured[0].axes[0].collections if not np.asarray(c.get_facecolor())[:, 3].any()]
+    assert len(hollow) == sum(r["status"] == "early_stopped" for r in rows)
+
+
+def capture_figures(draw) -> list:
+    """The matplotlib Figures that `draw` saves, for checks of what was drawn."""
+    captured, original = [], figures.save
+
+    def keep(figure, path):
+        captured.append(figure)
+        return original(figure, path)
+
+    figures.save = keep
+    try:
+        draw()
+    finally:
+        figures.save = original
+    return captured
+
+
+def test_curves_of_hundreds_of_trials_keep_a_bounded_number_of_artists(tmp_path):
+    """A search of T trials: one table row per trial, drawn in linear time with O(1) artists, not O(T)."""
+    from types import SimpleNamespace
+
+    count, epochs_each = 300, 4
+    trial_ids = [f"t{i:04d}" for i in range(count)]
+    frame = pd.DataFrame({"trial_id": [t for t in trial_ids for _ in range(epochs_each)],
+                          "epoch": list(range(1, epochs_each + 1)) * count})
+    frame["train_loss"] = 1.0 / frame["epoch"]
+    frame["val_loss"] = frame["train_loss"] + 0.1
+    rows = [SimpleNamespace(label=f"trial {i}", trial_ids=(t,) if i % 3 else (), stopped_ids=() if i % 3 else (t,))
+            for i, t in enumerate(trial_ids)]
+    captured = capture_figures(lambda: figures.learning_curves(rows, figures.EpochIndex(frame), "many", "loss",
+                                                               tmp_path / "many"))
+    ax = captured[0].axes[0]
+    assert len(ax.lines) <= 2 * figures.MAX_ROWS and len(ax.collections) <= 3 * figures.MAX_ROWS + 6
+    drawn = sum(len(c.get_segments()) for c in ax.collections if hasattr(c, "get_segments"))
+    assert drawn >= 2 * (count - figures.MAX_ROWS)  # every trial is on the figure, train and val
+
+
+def test_trial_finder_selects_as_matching_mask(tmp_path):
+    from study.record import matching_mask
+
+    storage, _ = fcn_study(tmp_path)
+    main = report.main_trials(load_results(storage, "fcn"))
+    find = report.TrialFinder(main)
+    for match in ({"trial_key": "fcn_scratch-s1"}, {"config_name": "fcn_pretrained"}, {"config_name": "nothing"},
+                  {"lr": "1e-3"}, {"arch": "fcn_resnet50", "pretrain": "imagenet"}, {"colour": "red"},
+                  {"amsgrad": True}, {"seed": 2}):
+        assert find(match).index.tolist() == main[matching_mask(main, match)].index.tolist(), match
 
 
 def test_a_failing_figure_is_noted_and_the_rest_is_kept(tmp_path, monkeypatch, capsys):
-    def broken(*args):
+    def broken(*args, **kwargs):
         raise ValueError("no ink")
 
     monkeypatch.setattr(figures, "learning_curves", broken)
@@ -213,19 +366,42 @@ def test_a_failing_figure_is_noted_and_the_rest_is_kept(tmp_path, monkeypatch, c
     assert "no ink" in capsys.readouterr().err
 
 
-def test_predicted_masks_of_the_best_checkpoint(tmp_path, pets_root):
+def masks_study(tmp_path, pets_root, rows: int = 3) -> Storage:
+    """A study of `rows` SegFormer configurations with stored weights (initial ones: no training needed)."""
     from trainables.config import TrainConfig
     from trainables.models import build_model
 
-    weights = build_model(TrainConfig(arch="segformer_b0", dataset="pets")).state_dict()
-    trials = [fake_trial("good", 0, [0.8], arch="segformer_b0", weights=weights),
-              fake_trial("worse", 0, [0.5], arch="segformer_b0")]
+    trials = []
+    for index in range(rows):
+        weights = build_model(TrainConfig(arch="segformer_b0", dataset="pets", seed=index)).state_dict()
+        trials += [fake_trial(f"c{index}", seed, [0.5 + 0.1 * index + 0.01 * seed], arch="segformer_b0",
+                              weights=weights) for seed in range(2)]
+    trials.append(fake_trial("c9", 0, [0.9], arch="segformer_b0"))  # no weights: left out of the masks
     for trial in trials:
         trial["settings"].update(data_root=str(pets_root), cache_dir=str(tmp_path / "cache"), image_size=[32, 32])
-    storage = write_fake_study(tmp_path, "masks", trials)
-    text = report.write_report(load_results(storage, "masks"), tmp_path / "out").read_text()
+    declaration = declared_table("t", [(f"Row {index}", {"config_name": f"c{index}"}) for index in range(rows)])
+    return write_fake_study(tmp_path, "masks", trials, tables=(declaration,))
+
+
+def test_masks_figure_has_a_prediction_column_per_row_on_the_same_images(tmp_path, pets_root):
+    storage = masks_study(tmp_path, pets_root, rows=3)
+    text = report.write_report(load_results(storage, "masks"), tmp_path / "out", storage=storage).read_text()
+    assert "## Notes" not in text
+    svg = (tmp_path / "out" / "figures" / "t-masks.svg").read_text()
+    assert all(svg.count(f">{label}<") == 1 for label in ("input", "ground truth", "Row 0", "Row 1", "Row 2"))
+    assert len(re.findall(r">IoU \d\.\d\d<", svg)) == 3 * MASK_IMAGES  # one per prediction
+    # each row's best seed (seed 1 has the higher best val mIoU), weights of its best epoch
+    assert "Row 0 = `c0-s1` (epoch 2); Row 1 = `c1-s1` (epoch 2); Row 2 = `c2-s1` (epoch 2)" in text
     assert is_png(tmp_path / "out" / "figures" / "predicted-masks.png")
-    assert "trial `good-s0`" in text and "](figures/predicted-masks.png)" in text
+    assert "Best model of the study: trial `c2-s1`" in text  # c9-s0 scores higher but has no weights
+
+
+def test_image_iou_is_the_mean_over_classes_present():
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]], dtype=np.uint8)
+    prediction = np.array([[0, 1, 1, 1], [0, 0, 1, 2]], dtype=np.uint8)
+    # class 0: 3 / 4, class 1: 3 / 4; class 2 only under the ignored pixel; 255 is left out
+    assert figures.image_iou(prediction, truth, 3) == pytest.approx(0.75)
+    assert figures.image_iou(truth, truth, 3) == 1.0
 
 
 # -- compare mode -----------------------------------------------------------------------
@@ -246,3 +422,166 @@ def test_compare_two_studies_row_by_row(tmp_path):
     fcn_study(tmp_path, "other", tables=(other,))
     with pytest.raises(StudyError, match="different tables"):
         report.write_report(results_a, tmp_path / "out2", compare=load_results(storage, "other"))
+
+
+def test_compare_shows_where_the_protocols_differ(tmp_path):
+    storage, _ = fcn_study(tmp_path, "planned")
+    trials = [fake_trial("fcn_scratch", seed, [0.4, 0.45], lr=5e-4) for seed in range(3)]
+    trials += [fake_trial("fcn_pretrained", seed, [0.7, 0.65], pretrain="imagenet") for seed in range(2)]
+    write_fake_study(tmp_path, "as_run", trials, tables=(FCN_TABLE,))
+    text = report.write_report(load_results(storage, "planned"), tmp_path / "out",
+                               compare=load_results(storage, "as_run")).read_text()
+    section = text[text.index("### Protocol differences with study as_run"):]
+    assert "| row | setting | planned | as_run |" in section
+    assert "| FCN from scratch | lr | 0.001 | 0.0005 |" in section
+    assert "| FCN (pretrained) | seeds | 0, 1, 2 | 0, 1 |" in section
+    assert "| FCN from scratch | seeds |" not in section  # equal: not listed
+    same = report.write_report(load_results(storage, "planned"), tmp_path / "same",
+                               compare=load_results(storage, "planned")).read_text()
+    assert "None: both studies planned these rows with the same settings and seeds." in same
+
+
+def test_each_table_has_its_protocol_from_the_plan(tmp_path):
+    storage, trials = fcn_study(tmp_path)
+    text = report.write_report(load_results(storage, "fcn"), tmp_path / "out").read_text()
+    headers = "| row | model | encoder | optimizer | lr | schedule | epochs | batch size | image size | seeds |"
+    assert headers in text
+    s = trials[0]["settings"]
+    assert (f"| FCN from scratch | fcn_resnet50 | from scratch | AdamW, amsgrad, weight decay {s['weight_decay']:g}"
+            f" | 0.001 | exponential, ×{s['gamma']:g} per epoch | 4 (val every 2) | 16 | 64×64 | 0, 1, 2 |") in text
+    assert "| FCN (pretrained) | fcn_resnet50 | ImageNet |" in text
+
+
+def test_best_epochs_are_abbreviated():
+    assert report.format_best_epochs(()) == ""
+    assert report.format_best_epochs((27,)) == "best at epoch 27"
+    assert report.format_best_epochs((4, 4)) == "best at epoch 4 (both seeds)"
+    assert report.format_best_epochs((30, 22, 27, 28, 25)) == "best at epoch 27 (median; range 22–30)"
+    assert report.format_best_epochs((2, 3)) == "best at epoch 2.5 (median; range 2–3)"
+
+
+def test_report_html_has_every_table_and_embeds_every_figure_escaped(tmp_path):
+    hostile = declared_table("fcn", [("<script>alert(1)</script> & co", {"config_name": "fcn_scratch"}),
+                                     ("FCN (pretrained)", {"arch": "fcn_resnet50", "pretrain": "imagenet"})],
+                             title="FCN <b>on</b> pets")
+    storage, _ = fcn_study(tmp_path, tables=(hostile,))
+    out = tmp_path / "out"
+    markdown = report.write_report(load_results(storage, "fcn"), out).read_text()
+    page = (out / "report.html").read_text()
+    tables = len(re.findall(r"^\|(---\|)+$", markdown, flags=re.MULTILINE))  # every Markdown table's rule
+    assert tables >= 2 and page.count("<table>") == tables  # the protocol, the results, and any other
+    figures_linked = linked_figures(markdown)
+    images = re.findall(r'<img alt="[^"]*" src="data:image/png;base64,([A-Za-z0-9+/=]+)">', page)
+    assert len(images) == len(figures_linked) >= 3
+    assert sorted(base64.b64decode(data)[:8] for data in images) == [PNG_MAGIC] * len(images)
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; co" in page
+    assert "<b>on</b>" not in page and "FCN &lt;b&gt;on&lt;/b&gt; pets" in page
+    csv = re.search(r'<a download="fcn.csv" href="data:text/csv;base64,([A-Za-z0-9+/=]+)">', page)
+    assert base64.b64decode(csv.group(1)) == (out / "fcn.csv").read_bytes()
+    assert "src=\"figures/" not in page and "href=\"fcn.csv\"" not in page  # nothing outside the file
+
+
+@pytest.mark.slow
+def test_report_of_a_finished_study_as_a_user_runs_it(tmp_path, finished_tiny_study):
+    """The tiny study (a pretraining job, two trials) through `study report`: the pretraining section holds the
+    plan's settings, every figure is drawn in both formats and embedded in report.html, and Ray is not imported."""
+    storage = tmp_path / "studies"
+    shutil.copytree(finished_tiny_study, storage)
+    out = tmp_path / "report"
+    check = ("import sys\nfrom study.cli import main\ncode = main(sys.argv[1:])\n"
+             "assert not [m for m in sys.modules if m == 'ray' or m.startswith('ray.')], 'study report imported Ray'\n"
+             "sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", check, "report", "t", "--out", str(out)], cwd=tmp_path,
+                          env=study_env(storage), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = (out / "report.md").read_text()
+    assert "not drawn" not in text and "## Notes" not in text, text
+    assert_every_figure_in_both_formats(out, {"pretraining-loss", "pretraining-miou", "configurations-loss",
+                                              "configurations-miou", "configurations-class-iou",
+                                              "configurations-masks", "predicted-masks"})
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(linked_figures(text))
+    job, = Plan.from_json((storage / "t" / "plan.json").read_text(), "plan.json").pretrain_jobs
+    section = text[text.index("## Pretraining"):text.index("**Results**")]
+    s = job.config
+    for setting, value in [("dataset", f"{s['dataset']} (19 classes)"),
+                           ("image size", "{}×{}".format(*s["image_size"])),
+                           ("epochs", f"{s['epochs']} (val every {s['val_interval']})"),
+                           ("batch size", str(s["batch_size"])), ("lr", f"{s['lr']:g}"), ("seed", str(s["seed"])),
+                           ("encoder exported", f"last epoch (epoch {s['epochs']})"),
+                           ("trained", "here, by this study"), ("encoder key", job.key)]:
+        assert f"| {setting} | {value} |" in section, setting
+    assert f"| optimizer | {'AdamW' if s['optimizer'] == 'adamw' else 'Adam'}" in section
+    masks = (out / "figures" / "configurations-masks.svg").read_text()
+    assert masks.count(">segformer_scratch<") == 1 and masks.count(">segformer_frozen<") == 1
+    assert len(re.findall(r">IoU \d\.\d\d<", masks)) == 2 * 6
+
+
+def test_the_report_reads_the_optuna_storage_the_searcher_writes(tmp_path):
+    from dataclasses import replace
+
+    from study.tune.stage import optuna_storage_url  # imports Ray: the report has its own copy of the rule
+
+    storage, _ = search_study(tmp_path)
+    plan = load_results(storage, "search").plan
+    explicit = replace(plan, execution=replace(plan.execution, searcher=replace(
+        plan.execution.searcher, storage=f"sqlite:///{tmp_path / 'elsewhere.db'}")))
+    for each in (plan, explicit):
+        assert report._optuna_storage_url(each, storage, "search") == optuna_storage_url(each, storage, "search")
+
+
+@pytest.mark.slow  # a second interpreter importing torch: seconds, like the end-to-end tests
+def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_path, pets_root):
+    """`python -m study.predictions`, the process that predicts masks while a report draws: the same masks as
+    in-process, and a trial whose weights are gone answered with the error that names the file."""
+    from study.predictions import _json_safe, predict_masks
+
+    storage = masks_study(tmp_path, pets_root, rows=1)
+    trials = load_results(storage, "masks").trials
+    good = trials[trials["trial_key"] == "c0-s0"].iloc[0].to_dict()
+    gone = trials[trials["trial_key"] == "c0-s1"].iloc[0].to_dict()
+    Path(gone["weights_best"]).unlink()
+    request = {"count": 3, "which": "best", "folder": str(tmp_path), "trials": [_json_safe(good), _json_safe(gone)]}
+    done = subprocess.run([sys.executable, "-m", "study.predictions"], input=json.dumps(request), text=True,
+                          capture_output=True, timeout=300, env=study_env(storage))
+    assert done.returncode == 0, done.stderr
+    first, second = (json.loads(line) for line in done.stdout.splitlines())
+    expected = predict_masks(good, 3)
+    assert first == {"index": 0, "config": json.loads(json.dumps(expected.config.to_dict()))}
+    with np.load(tmp_path / "0.npz", allow_pickle=False) as answered:
+        for name, shape in (("images", (3, 32, 32, 3)), ("truth", (3, 32, 32)), ("masks", (3, 32, 32))):
+            assert np.array_equal(answered[name], getattr(expected, name)) and answered[name].shape == shape
+    assert second["index"] == 1 and gone["weights_best"] in second["error"]
+
+
+def test_pretraining_reused_from_an_earlier_study_is_named_with_its_setup_and_curves(tmp_path):
+    from dataclasses import replace
+
+    from study.plan import PLAN_FILE, PretrainJob
+    from study.storage import ARTIFACTS
+    from trainables.config import TrainConfig
+
+    storage, _ = fcn_study(tmp_path)
+    config = TrainConfig(arch="segformer_b0", dataset="cityscapes", data_root="/data/cityscapes", epochs=4,
+                         batch_size=8, image_size=(32, 64), lr=5e-4, export_encoder="best").to_dict()
+    job = PretrainJob(source="cityscapes", key="0123456789abcdef", config=config)
+    plan = Plan.from_json(storage.read_text("fcn", PLAN_FILE), PLAN_FILE)
+    storage.write_text(replace(plan, pretrain_jobs=[job]).to_json(), "fcn", PLAN_FILE)
+    records = epoch_records(fake_trial("pretrain", 0, [0.30, 0.25]))  # best validated epoch: 2
+    storage.write_json({"job": {"source": job.source, "key": job.key, "config": config}, "trial_key": job.trial_key,
+                        "made_by_study": "earlier", "records": records}, ARTIFACTS, "encoders", job.key, "job.json")
+    text = report.write_report(load_results(storage, "fcn"), tmp_path / "out").read_text()
+    section = text[text.index("## Pretraining"):text.index("## FCN on Oxford-IIIT Pet")]
+    for line in ("| dataset | cityscapes (19 classes) |", "| image size | 32×64 |", "| epochs | 4 (val every 2) |",
+                 "| batch size | 8 |", "| lr | 0.0005 |", "| encoder exported | best validated epoch (epoch 2) |",
+                 "| trained | reused from study earlier |", f"| encoder key | {job.key} |"):
+        assert line in section, line
+    assert "| cityscapes, segformer_b0 (paper stem) | 1/1 |" in section
+    assert_every_figure_in_both_formats(tmp_path / "out", {"pretraining-loss", "pretraining-miou"})
+
+
+def test_a_table_named_like_the_reports_own_figures_keeps_its_own(tmp_path):
+    table = declared_table("predicted", [("FCN from scratch", {"config_name": "fcn_scratch"})])
+    storage, _ = fcn_study(tmp_path, tables=(table,))
+    report.write_report(load_results(storage, "fcn"), tmp_path / "out")
+    assert_every_figure_in_both_formats(tmp_path / "out", {"predicted-table-loss", "predicted-table-miou"})

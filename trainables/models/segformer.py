@@ -35,9 +35,13 @@ class SegformerConfig:
     sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
     mlp_ratio: int = 4
     decoder_hidden_size: int = 256
-    drop_path_rate: float = 0.0
+    drop_path_rate: float = 0.0  # the seed's code (course skeleton): 0.0; NVlabs' mit_b0..b5: 0.1 (README)
     classifier_dropout: float = 0.1  # Dropout2d before the classifier
+    # LayerNorm eps as in NVlabs/SegFormer mmseg/models/backbones/mix_transformer.py: mit_b0..b5 pass
+    # norm_layer=partial(nn.LayerNorm, eps=1e-6) to the blocks (norm1, norm2) and the per-stage norms, while
+    # OverlapPatchEmbed.norm and Attention.norm (after the spatial reduction) are a plain nn.LayerNorm(dim).
     layer_norm_eps: float = 1e-6
+    embedding_norm_eps: float = 1e-5  # PyTorch's default: patch embeddings and the spatial-reduction norm
     stem: str = "paper"
     num_channels: int = 3
 
@@ -86,7 +90,7 @@ class OverlapPatchEmbeddings(nn.Module):
 class EfficientSelfAttention(nn.Module):
     """Multi-head attention whose keys and values come from a map shrunk `sr_ratio` times per side."""
 
-    def __init__(self, hidden_size: int, num_heads: int, sr_ratio: int, eps: float):
+    def __init__(self, hidden_size: int, num_heads: int, sr_ratio: int, reduction_eps: float):
         super().__init__()
         if hidden_size % num_heads:
             raise ValueError(f"hidden size {hidden_size} is not a multiple of {num_heads} attention heads")
@@ -98,7 +102,7 @@ class EfficientSelfAttention(nn.Module):
         self.output = nn.Linear(hidden_size, hidden_size)
         if sr_ratio > 1:
             self.spatial_reduction = nn.Conv2d(hidden_size, hidden_size, kernel_size=sr_ratio, stride=sr_ratio)
-            self.reduction_norm = nn.LayerNorm(hidden_size, eps=eps)
+            self.reduction_norm = nn.LayerNorm(hidden_size, eps=reduction_eps)
 
     def forward(self, tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
         batch, length, channels = tokens.shape
@@ -159,10 +163,11 @@ class DropPath(nn.Module):
 class SegformerLayer(nn.Module):
     """One pre-norm transformer block: efficient attention, then Mix-FFN, each residual."""
 
-    def __init__(self, hidden_size: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float):
+    def __init__(self, hidden_size: int, num_heads: int, sr_ratio: int, mlp_ratio: int, drop_path: float, eps: float,
+                 reduction_eps: float):
         super().__init__()
         self.norm1 = nn.LayerNorm(hidden_size, eps=eps)
-        self.attention = EfficientSelfAttention(hidden_size, num_heads, sr_ratio, eps)
+        self.attention = EfficientSelfAttention(hidden_size, num_heads, sr_ratio, reduction_eps)
         self.norm2 = nn.LayerNorm(hidden_size, eps=eps)
         self.ffn = MixFFN(hidden_size, hidden_size * mlp_ratio)
         self.drop_path = DropPath(drop_path)
@@ -187,10 +192,10 @@ class MixTransformerEncoder(nn.Module):
         for stage, (kernel_size, stride) in enumerate(config.patch_embeddings):
             size = config.hidden_sizes[stage]
             self.patch_embeddings.append(
-                OverlapPatchEmbeddings(kernel_size, stride, in_channels[stage], size, config.layer_norm_eps))
+                OverlapPatchEmbeddings(kernel_size, stride, in_channels[stage], size, config.embedding_norm_eps))
             self.stages.append(nn.ModuleList(
                 SegformerLayer(size, config.num_attention_heads[stage], config.sr_ratios[stage], config.mlp_ratio,
-                               rates[first + i], config.layer_norm_eps)
+                               rates[first + i], config.layer_norm_eps, config.embedding_norm_eps)
                 for i in range(config.depths[stage])))
             self.layer_norms.append(nn.LayerNorm(size, eps=config.layer_norm_eps))
             first += config.depths[stage]
