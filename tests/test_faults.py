@@ -209,6 +209,9 @@ def test_a_study_through_a_crash_sigterm_and_ctrl_c_with_one_driver_at_a_time(tm
     crash_driver_when(winner, lambda: any(v.state.value == "running" and 7 <= (v.last_epoch or 0) <= 8
                                           for v in driver_views(storage / "i")),
                       log, "the trial two epochs past its first checkpoint")
+    # the driver died without a word: status and list say so, not "running"
+    assert json.loads(run_study_cli(["status", "i", "--json"], tmp_path, storage).stdout)["state"] == "interrupted"
+    assert run_study_cli(["list"], tmp_path, storage).stdout.strip() == "i\tinterrupted (driver process gone)"
     trial = storage / "i" / "main" / "segformer_scratch-s0"
     newest = sorted(trial.glob("checkpoint_*"))[-1]
     newest.rename(trial / f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}")  # the recorded one is gone

@@ -16,18 +16,7 @@ import torch
 
 from study.results import load_results
 from study.storage import Storage
-from tests.study_helpers import (
-    SPECS,
-    TEST_SPECS,
-    crash_driver_when,
-    driver_views,
-    free_port,
-    kill_group,
-    run_study_cli,
-    start_study_cli,
-    study_env,
-    wait_for,
-)
+from tests.study_helpers import SPECS, TEST_SPECS, free_port, kill_group, run_study_cli, study_env, wait_for
 from trainables.checkpoint import ENCODER_FILE, load_weights
 
 pytestmark = pytest.mark.slow
@@ -115,46 +104,6 @@ def test_second_study_reuses_the_pretrained_encoder_and_names_clash(tmp_path, fi
     assert not Storage(storage).exists("second", "pretrain")  # no pretraining trial ran for it
     clash = run_study_cli(["run", spec, "--name", "second"], tmp_path, storage, check=False)
     assert clash.returncode == 2 and "already exists" in clash.stderr and "study resume second" in clash.stderr
-
-
-def test_resume_after_the_driver_is_killed(tmp_path):
-    storage = tmp_path / "studies"
-    # FCN trials are slow enough on CPU to be caught between checkpoints.
-    args = ["run", str(TEST_SPECS / "resume.yaml"), "--name", "r"]
-    driver = start_study_cli(args, tmp_path, storage, tmp_path / "driver.log")
-
-    def one_finished_and_one_checkpointed():
-        views = driver_views(storage / "r")
-        finished = [v for v in views if v.state.value == "finished"]
-        # One epoch past a checkpoint (every 2 epochs): Ray's experiment state has recorded it by then.
-        midway = [v for v in views if v.state.value == "running" and (v.last_epoch or 0) in (3, 5)]
-        return finished and midway
-
-    crash_driver_when(driver, one_finished_and_one_checkpointed, tmp_path / "driver.log",
-                      "a finished and a half-done trial")
-
-    experiment = storage / "r" / "main"
-    finished_before = {v.dir: (experiment / v.dir / "result.json").read_text()
-                       for v in driver_views(storage / "r") if v.state.value == "finished"}
-    # the driver died without a word: status and list say so, not "running"
-    assert json.loads(run_study_cli(["status", "r", "--json"], tmp_path, storage).stdout)["state"] == "interrupted"
-    assert run_study_cli(["list"], tmp_path, storage).stdout.strip() == "r\tinterrupted (driver process gone)"
-    resumed = run_study_cli(["resume", "r"], tmp_path, storage)
-    assert "study r finished" in resumed.stderr
-
-    results = load_results(Storage(storage), "r")
-    main = results.trials[results.trials["stage"] == "main"]
-    assert sorted(main["trial_key"]) == sorted(t.trial_key for t in results.plan.trials)
-    assert set(main["status"]) == {"finished"}
-    for directory, text in finished_before.items():  # finished trials were not re-run
-        assert (experiment / directory / "result.json").read_text() == text
-    restarted = []
-    for directory in main["path"]:
-        lines = [json.loads(line) for line in (Path(directory) / "result.json").read_text().splitlines()]
-        restarts = [line["epoch"] for line in lines[1:] if line.get("iterations_since_restore") == 1]
-        restarted.extend(restarts)
-    assert restarted, "no trial was resumed: the kill came too late or a trial restarted from scratch"
-    assert all(epoch > 1 for epoch in restarted), restarted
 
 
 def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
