@@ -27,6 +27,7 @@ from trainables.trial import variant_label
 PLAN_FILE = "plan.json"
 SPEC_FILE = "spec.yaml"
 PLAN_VERSION = 3  # 3: execution.tracking
+READABLE_VERSIONS = (2, PLAN_VERSION)  # a format-2 plan is read as one without tracking
 VERSIONED_PACKAGES = ("segstudy", "torch", "torchvision", "ray", "optuna", "pandas", "pyarrow")
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
 EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
@@ -147,9 +148,10 @@ class Plan:
             data = json.loads(text)
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
-            if data.get("version") != PLAN_VERSION:
-                raise PlanError(f"{where}: a plan of format {data.get('version', 1)!r}; this segstudy reads format "
-                                f"{PLAN_VERSION} (run the study with the segstudy version that planned it)")
+            if data.get("version") not in READABLE_VERSIONS:
+                raise PlanError(f"{where}: a plan of format {data.get('version', 1)!r}; this segstudy reads formats "
+                                f"{', '.join(map(str, READABLE_VERSIONS))} (run the study with the segstudy version "
+                                f"that planned it)")
             search = data["search"]
             execution = data["execution"]
             return cls(
@@ -161,11 +163,12 @@ class Plan:
                 dropped=list(data["dropped"]),
                 execution=Execution(**{**execution, "scheduler": SchedulerPlan(**execution["scheduler"]),
                                        "searcher": SearcherPlan(**execution["searcher"]),
-                                       "tracking": TrackingSpec.from_dict(execution["tracking"])}),
+                                       "tracking": TrackingSpec.from_dict(execution["tracking"])
+                                       if data["version"] >= 3 else TrackingSpec()}),
                 tables=tuple(TableSpec(**{**t, "columns": tuple(t["columns"]),
                                           "rows": tuple(RowSpec(**r) for r in t["rows"])}) for t in data["tables"]),
                 spec_yaml=data["spec_yaml"], spec_sha256=data["spec_sha256"], versions=dict(data["versions"]),
-                created=float(data.get("created", 0.0)), version=data["version"],
+                created=float(data.get("created", 0.0)),
             )
         except PlanError:
             raise

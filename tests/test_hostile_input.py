@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from study.cli import main
+from study.plan import PLAN_VERSION
 from tests.fake_study import fake_trial, write_fake_study
 from tests.study_helpers import free_port
 from tests.test_bad_input import SMOKE, fails, smoke, write_spec
@@ -245,8 +246,11 @@ def test_damaged_json_anywhere_in_a_study_folder_is_one_line(capsys, tmp_path):
     assert main(["status", "s", "--json", "--storage", str(storage.root)]) == 0
     summary = json.loads(capsys.readouterr().out.split("\n", 1)[1])
     assert len(summary["notes"]) >= 3
-    (folder / "plan.json").write_text(json.dumps({"version": 2}))
+    (folder / "plan.json").write_text(json.dumps({"version": PLAN_VERSION}))
     assert "plan.json is damaged" in fails(capsys, "status", "s", "--storage", storage.root)
+    (folder / "plan.json").write_text(json.dumps({"version": PLAN_VERSION + 1}))
+    newer = fails(capsys, "status", "s", "--storage", storage.root)
+    assert f"a plan of format {PLAN_VERSION + 1}; this segstudy reads formats" in newer
     (folder / "plan.json").write_bytes(b"\xff")
     assert "not UTF-8" in fails(capsys, "export", "s", "--out", tmp_path / "out", "--storage", storage.root)
 

@@ -23,7 +23,7 @@ import pytest
 
 from study.errors import SpecError, StudyError
 from study.plan import Plan, PlanError, make_plan
-from study.spec import load_spec
+from study.spec import TrackingSpec, load_spec
 from tests.study_helpers import (
     TEST_SPECS,
     crash_driver_when,
@@ -74,6 +74,8 @@ def test_the_plan_carries_the_trackers_with_their_defaults_and_reads_them_strict
     del data["execution"]["tracking"]
     with pytest.raises(PlanError, match="plan.json is damaged .*tracking"):
         Plan.from_json(json.dumps(data), "plan.json")
+    data["version"] = 2  # planned before tracking existed: read as a plan without trackers
+    assert Plan.from_json(json.dumps(data), "plan.json").execution.tracking == TrackingSpec()
 
 
 # -- refused before Ray starts --------------------------------------------------------

@@ -83,6 +83,30 @@ def test_a_planted_pickle_in_tunes_state_is_refused_before_tune_loads_it(stage_c
     assert not marker.exists()
 
 
+class Calls:
+    def __init__(self, function, kwargs):
+        self.function, self.kwargs = function, kwargs
+
+    def __reduce__(self):
+        return (self.function, tuple(self.kwargs.values()))
+
+
+def test_a_function_tune_stores_may_be_named_but_not_called(tmp_path):
+    """A syncer killed mid-upload keeps (_upload_to_fs_path, arguments) in Tune's state: that passes; a pickle that
+    calls it (it copies files) does not."""
+    import pickle
+
+    from ray.train._internal.storage import _upload_to_fs_path
+
+    from study.errors import StudyError
+    from study.tune.pickle_guard import check_pickle
+
+    arguments = {"local_path": str(tmp_path / "a"), "fs": None, "fs_path": str(tmp_path / "b")}
+    check_pickle(pickle.dumps({"_current_cmd": (_upload_to_fs_path, arguments)}), "state")
+    with pytest.raises(StudyError, match="it calls ray.train._internal.storage._upload_to_fs_path"):
+        check_pickle(pickle.dumps(Calls(_upload_to_fs_path, arguments)), "state")
+
+
 def test_a_trials_pickled_error_is_removed_before_a_restore(stage_copy, tmp_path):
     import pickle
 

@@ -10,7 +10,8 @@ also holds functions that start processes). Anything else is refused in one line
 
 A trial's `error.pkl` (Tune's pickled exception, which cloudpickle may fill with code) is never
 checked but removed before a restore: Tune then reads the same error from `error.txt`, which is
-also where the study's record takes it from.
+also where the study's record takes it from. A few functions Tune stores as data (REFERENCED) may be
+named but not called.
 
 ALLOWED is what the project's own resumed studies hold (grid and Optuna + ASHA, local and S3);
 the end-to-end resume tests fail loudly when a Ray, Optuna or pyarrow upgrade adds a name.
@@ -55,6 +56,9 @@ ALLOWED = frozenset({
     "study.tune.tracking.StudyMLflowLogger", "study.tune.tracking.StudyWandbLogger",
     "study.tune.tracking.StudyTensorBoardLogger", "study.tune.tracking.TrialFacts", "trainables.trial.StudyContext",
 })
+# Functions Tune stores as data, never calls on load: a trial's syncer keeps its last upload command as
+# (function, arguments) when the driver dies mid-sync. A pickle may name them, never call them.
+REFERENCED = frozenset({"ray.train._internal.storage._upload_to_fs_path"})
 HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles inside its JSON (protocol >= 2)
 STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")
 
@@ -81,10 +85,22 @@ class _Nothing:
         pass
 
 
+def _never_called(qualified: str) -> type:
+    """What a REFERENCED global becomes: calling it (REDUCE, NEWOBJ) is a refusal."""
+
+    def refuse(cls, *args, **kwargs):
+        raise pickle.UnpicklingError(f"it calls {qualified}, which Tune only stores")
+
+    return type("_NeverCalled", (), {"__new__": refuse})
+
+
 class _Checker(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        if f"{module}.{name}" not in ALLOWED:
-            raise pickle.UnpicklingError(f"it names {module}.{name}")
+        qualified = f"{module}.{name}"
+        if qualified in REFERENCED:
+            return _never_called(qualified)
+        if qualified not in ALLOWED:
+            raise pickle.UnpicklingError(f"it names {qualified}")
         return _Nothing
 
 
