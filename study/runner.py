@@ -279,9 +279,11 @@ def finalize_stopped_trials(storage: Storage, results: StudyResults) -> None:
     from trainables.checkpoint import finalize
 
     for row in results.rows:
-        if row["status"] != TrialState.EARLY_STOPPED.value or not row.get("checkpoint") or row.get("weights_final"):
+        if row["status"] != TrialState.EARLY_STOPPED.value or not row.get("checkpoint"):
             continue
         filesystem, path = open_uri(row["checkpoint"])
+        if filesystem.get_file_info(f"{path.rstrip('/')}/{STATE_FILE}").type == pafs.FileType.NotFound:
+            continue  # weights only already (a finalisation cut off before deleting the state is finished here)
         if storage.is_local:
             finalize(path)
             continue

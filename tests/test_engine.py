@@ -10,6 +10,7 @@ from trainables.checkpoint import (
     FINAL_WEIGHTS,
     STATE_FILE,
     TRIAL_FILE,
+    finalize,
     load_training_state,
     load_weights,
     save_checkpoint,
@@ -86,6 +87,18 @@ def test_a_finished_runs_checkpoint_holds_weights_only(pets_root, tmp_path):
     weights = sum(v.numel() * v.element_size() for v in final.values())
     stored = sum(f.stat().st_size for f in folder.iterdir())
     assert stored <= 2.2 * weights
+
+
+def test_a_finalisation_cut_off_before_its_last_step_is_finished_by_the_next(pets_root, tmp_path):
+    """An early-stopped trial's checkpoint is slimmed after its stage; a driver killed between writing the final
+    files and deleting the state must not leave the state behind for good."""
+    folder = tmp_path / "stopped"
+    fit(tiny_config(pets_root, tmp_path, epochs=3), on_epoch_end=keep_checkpoint_of(2, folder))
+    state = (folder / STATE_FILE).read_bytes()
+    assert finalize(folder) and not (folder / STATE_FILE).exists()
+    (folder / STATE_FILE).write_bytes(state)  # as if the kill came just before the state's deletion
+    assert finalize(folder) and not (folder / STATE_FILE).exists()
+    assert not finalize(folder) and load_weights(folder / FINAL_WEIGHTS)
 
 
 def test_fault_hook_raises_at_the_given_epoch(pets_root, tmp_path):

@@ -190,11 +190,17 @@ def save_encoder(path: str | os.PathLike, encoder_state: dict, config) -> None:
 
 def finalize(directory: str | os.PathLike) -> bool:
     """Turn a training checkpoint of a run that has ended (stopped early by a scheduler) into a final one:
-    its weights and its best epoch's weights as safetensors, no optimizer state. False if already final."""
+    its weights and its best epoch's weights as safetensors, no optimizer state. False if already final.
+
+    The weights are written first and the state deleted last, so a finalisation cut off at any point (a
+    killed driver) is finished by the next call rather than leaving a full training state behind."""
     directory = Path(directory)
     content = parse_trial_json((directory / TRIAL_FILE).read_text(), str(directory / TRIAL_FILE))
     if content.get("kind") == FINAL:
-        return False
+        if not (directory / STATE_FILE).exists():
+            return False
+        (directory / STATE_FILE).unlink()  # final already: only the state was left
+        return True
     state = load_training_state(directory)
     save_weights(directory / FINAL_WEIGHTS, state["model"])
     if state.get("best_weights") is not None:
