@@ -268,9 +268,13 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
     return True
 
 
+SLIMMED = {state.value for state in ENDED if state != TrialState.ERRORED}  # an errored trial may be retried
+
+
 def finalize_stopped_trials(storage: Storage, results: StudyResults) -> None:
     """Trials the scheduler stopped early keep weights, not a full training state (no optimizer), as finished
-    ones do: their last checkpoint is rewritten (on an object store, through a local copy)."""
+    ones do: their last checkpoint is rewritten (on an object store, through a local copy). Any ended trial whose
+    last checkpoint still holds a training state (a finalisation cut off by a killed driver) is finished too."""
     import tempfile
 
     import pyarrow.fs as pafs
@@ -279,7 +283,7 @@ def finalize_stopped_trials(storage: Storage, results: StudyResults) -> None:
     from trainables.checkpoint import finalize
 
     for row in results.rows:
-        if row["status"] != TrialState.EARLY_STOPPED.value or not row.get("checkpoint"):
+        if row["status"] not in SLIMMED or not row.get("checkpoint"):
             continue
         filesystem, path = open_uri(row["checkpoint"])
         if filesystem.get_file_info(f"{path.rstrip('/')}/{STATE_FILE}").type == pafs.FileType.NotFound:
