@@ -171,3 +171,30 @@ def test_tracking_callbacks_pickle_their_settings_only():
         assert set(state) <= {"facts", "tracking_uri", "experiment", "project", "entity", "mode"}, state
         again = pickle.loads(pickle.dumps(callback))
         assert type(again) is type(callback) and again.__getstate__() == state
+
+
+def test_a_traceback_tune_logs_while_saving_its_state_is_one_line():
+    """Tune logs a failed sync of its experiment state (retried at the next) with a traceback; the study's
+    output keeps one line. The logger's name is Tune's module: an upgrade that moves the message fails here."""
+    import inspect
+    import logging
+
+    from ray.tune.execution import experiment_state
+
+    from study.tune.stage import TuneLogWatch
+
+    assert "experiment_state" in TuneLogWatch.LOGGERS[-1]
+    assert TuneLogWatch.LOGGERS[-1] == experiment_state.__name__
+    assert "failed with exception: " in inspect.getsource(experiment_state)
+    try:
+        raise FileNotFoundError(2, "Failed to open local file '/tmp/x.json'")
+    except FileNotFoundError:
+        import sys
+
+        record = logging.LogRecord(experiment_state.__name__, logging.ERROR, __file__, 1,
+                                   "Saving experiment state to storage at '%s' failed with exception: ",
+                                   ("b/s/main",), sys.exc_info())
+    assert TuneLogWatch().filter(record)
+    line = logging.Formatter().format(record)
+    assert line == ("Saving experiment state to storage at 'b/s/main' failed with exception: FileNotFoundError: "
+                    "[Errno 2] Failed to open local file '/tmp/x.json'"), line

@@ -278,7 +278,9 @@ class TuneLogWatch(logging.Filter):
     """Drops Tune's log lines that the study says better itself, and notes an interruption.
 
     A failed trial's traceback is in its folder's error.txt and its last line in our
-    progress output; Tune's resume hint names Tuner.restore, ours `study resume`.
+    progress output; Tune's resume hint names Tuner.restore, ours `study resume`. What Tune logs with a
+    traceback (a failed sync of the experiment state, which the next sync retries: a file Tune renamed while
+    it was being copied) is folded into one line.
     """
 
     QUIET = ("Trial task failed", "Trials did not complete", "Experiment has been interrupted",
@@ -286,7 +288,8 @@ class TuneLogWatch(logging.Filter):
              # less frequently"): a trial reports once per epoch, and a tracker's first result waits for its
              # logging actor (W&B) to start; nothing a study's user can act on.
              "The `", "Processing trial results took")
-    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.utils.util")
+    LOGGERS = ("ray.tune.tune", "ray.tune.execution.tune_controller", "ray.tune.utils.util",
+               "ray.tune.execution.experiment_state")
 
     def __init__(self):
         super().__init__()
@@ -296,7 +299,14 @@ class TuneLogWatch(logging.Filter):
         message = str(record.msg)
         if message.startswith("Experiment has been interrupted"):
             self.interrupted = True
-        return not message.startswith(self.QUIET)
+        if message.startswith(self.QUIET):
+            return False
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            text = " ".join(str(error).split())[:300]
+            record.msg, record.args = f"{record.getMessage().rstrip(': ')}: {type(error).__name__}: {text}", None
+            record.exc_info, record.exc_text = None, None
+        return True
 
 
 def fit_watched(tuner):
