@@ -198,3 +198,14 @@ def test_a_traceback_tune_logs_while_saving_its_state_is_one_line():
     line = logging.Formatter().format(record)
     assert line == ("Saving experiment state to storage at 'b/s/main' failed with exception: FileNotFoundError: "
                     "[Errno 2] Failed to open local file '/tmp/x.json'"), line
+
+
+def test_a_restore_is_told_which_trials_the_scheduler_stopped(tmp_path):
+    """Tune's saved state can lag the scheduler's stop; the record's early-stopped trials are not trained on."""
+    from study.tune.stage import stopped_trials
+    from tests.fake_study import fake_trial, write_fake_study
+
+    trials = [fake_trial("a", 0, [0.5], status="early_stopped", epochs_planned=8), fake_trial("b", 0, [0.5, 0.6])]
+    storage = write_fake_study(tmp_path / "studies", "s", trials)
+    assert stopped_trials(storage, "s", "main") == (trials[0]["trial_key"],)
+    assert stopped_trials(storage, "s", "pretrain") == ()

@@ -29,6 +29,7 @@ class StudyContext:
     base: dict = field(default_factory=dict)  # searcher: settings shared by every variant
     variants: dict = field(default_factory=dict)  # searcher: label -> one valid categorical combination
     encoders: dict = field(default_factory=dict)  # encoder_key(...) -> encoder file path or URI
+    stopped: tuple = ()  # trial keys the scheduler stopped before the restored Tune state recorded it
 
 
 def resolve_trial(config: dict, context: StudyContext, trial_id: str | None = None) -> tuple[dict, TrainConfig]:

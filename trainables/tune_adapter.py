@@ -37,6 +37,8 @@ _LOCAL_COPIES: dict[str, str] = {}  # encoder URI -> local file, kept for the wo
 
 def train_trial(config: dict, context: StudyContext) -> None:
     identity, settings = resolve_trial(config, context, tune.get_context().get_trial_id())
+    if identity["trial_key"] in context.stopped:
+        return  # the scheduler stopped it under an earlier driver: its record ends there, nothing to train
     train_config = settings
     key = encoder_key(settings.pretrain, settings.arch, settings.segformer_stem)
     if key in context.encoders:  # a pretraining source of the study; anything else is none, imagenet or a path

@@ -157,6 +157,17 @@ def default_concurrency(resources: dict) -> int:
     return max(1, int(min(limits)))
 
 
+def stopped_trials(storage: Storage, name: str, stage: str) -> tuple[str, ...]:
+    """Trial keys of the stage that the scheduler stopped early, as the study's record says. Tune's experiment
+    state is saved periodically: a trial stopped after its last save is RUNNING there, and a restore would
+    train it on from its checkpoint against the scheduler's decision."""
+    from study.record import TrialState
+    from study.results import load_results
+
+    return tuple(sorted(row["trial_key"] for row in load_results(storage, name).rows
+                        if row["stage"] == stage and row["status"] == TrialState.EARLY_STOPPED.value))
+
+
 def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list | None, resources: dict,
               encoders: dict, events: EventLog, fresh: bool = False, repair: bool = True):
     """One Tune experiment, restored from its folder when an earlier driver started it (unless `fresh`).
@@ -170,15 +181,17 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     from trainables.tune_adapter import train_trial
 
     search = plan.search if trials is None else None
+    experiment, filesystem = tune_location(storage, name, stage)
+    restoring = not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
-                           variants=search.labels if search else {}, encoders=encoders)
+                           variants=search.labels if search else {}, encoders=encoders,
+                           stopped=stopped_trials(storage, name, stage) if restoring else ())
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
     concurrency = plan.execution.max_concurrent or default_concurrency(resources)
     attach(stage, events, StageTotals(trials=search.num_samples if search else len(trials),
                                       epochs=int(search.base_config["epochs"]) if search else None,
                                       concurrency=concurrency))
-    experiment, filesystem = tune_location(storage, name, stage)
-    if not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+    if restoring:
         check_stage_folder(storage, name, stage)  # Tune unpickles its saved state: nothing unexpected in it
         say(f"[{stage}] restoring the experiment at {storage.uri(name, stage)}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
