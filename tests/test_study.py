@@ -126,6 +126,13 @@ def test_study_spreads_trials_over_a_two_node_cluster(tmp_path):
                                   start_new_session=True)
         nodes.append(worker)
         wait_for(lambda: "Ray runtime started" in (tmp_path / "worker.log").read_text(), 120, what="the second node")
+
+        def both_cpus() -> bool:  # the second node's CPU known to the head, or both trials may run on the first
+            status = subprocess.run([str(ray), "status", f"--address={address}"], env=env, capture_output=True,
+                                    text=True, timeout=60, check=False)
+            return "/2.0 CPU" in status.stdout
+
+        wait_for(both_cpus, 120, interval=1, what="the cluster's two CPUs")
         # two trials, one CPU each, on two one-CPU nodes
         run_study_cli(["run", str(TEST_SPECS / "single.yaml"), "--name", "c", "--address", address,
                        "--set", "seeds=2", "--set", "train.epochs=4", "--set", "max_concurrent=2"],
