@@ -426,10 +426,15 @@ class StudyTensorBoardLogger(TBXLoggerCallback):
         if trial not in self._trial_writer:
             return
         with self.guard("logging metrics"):
+            from tensorboardX.proto.summary_pb2 import Summary
+            from tensorboardX.summary import scalar
+
             writer = self._trial_writer[trial]
             for epoch, metrics in epochs_to_log(trial, result, self.logged.get(trial, 0)):
-                for key, value in metrics.items():
-                    writer.add_scalar(key, value, global_step=epoch)
+                # One event per epoch: a driver killed while the writer writes leaves an epoch whole or absent
+                # (a cut-off record is dropped by the reader), so logged_epochs never counts a part of one.
+                values = [value for key, number in metrics.items() for value in scalar(key, number).value]
+                writer.file_writer.add_summary(Summary(value=values), global_step=epoch)
                 self.logged[trial] = epoch
             writer.flush()
 
