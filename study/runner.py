@@ -26,7 +26,7 @@ from study.record import ENDED, Stage, StudyState, TrialState
 from study.results import StudyResults, load_results
 from study.spec import StudySpec, loads
 from study.storage import ARTIFACTS, Storage, read_text_at
-from trainables.checkpoint import ENCODER_FILE, STATE_FILE, TRIAL_FILE, parse_trial_json
+from trainables.checkpoint import ENCODER_FILE, FINAL_WEIGHTS, STATE_FILE, TRIAL_FILE, parse_trial_json
 from trainables.data import dataset_fingerprint
 from trainables.trial import encoder_key, join_uri
 
@@ -223,7 +223,9 @@ def run_pretraining(plan: Plan, storage: Storage, name: str, resources: dict, ev
             raise StudyError(f"pretraining job {key} failed: {_last_line(result.error)}; its dependent trials "
                              f"cannot run. Fix the cause and `study resume {name}`.")
     # The record (the trial folders) says which jobs ended, and where their final checkpoints are.
-    rows = load_results(storage, name).trials.set_index("trial_key")
+    results = load_results(storage, name)
+    finalize_ended_trials(storage, results)
+    rows = results.trials.set_index("trial_key")
     complete = True
     for job in missing:
         row = rows.loc[job.trial_key] if job.trial_key in rows.index else None
@@ -244,7 +246,7 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
         if run_stage(plan, storage, name, "main", None, resources, encoders, events)[1]:
             return False
         results = load_results(storage, name)
-        finalize_stopped_trials(storage, results)
+        finalize_ended_trials(storage, results)
         audit = audit_study(plan, results.rows)
         if audit.complete:
             sync_optuna_study(plan, storage, name, results.trials, results.epochs)
@@ -253,7 +255,7 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
               for t in plan.trials]
     if run_stage(plan, storage, name, "main", trials, resources, encoders, events)[1]:
         return False
-    finalize_stopped_trials(storage, load_results(storage, name))
+    finalize_ended_trials(storage, load_results(storage, name))
     # Tune says the stage is done; the plan and the record decide. Trials Tune skipped or forgot
     # run now, each from the newest checkpoint its folder holds (if any).
     results = load_results(storage, name)
@@ -271,32 +273,57 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
 SLIMMED = {state.value for state in ENDED if state != TrialState.ERRORED}  # an errored trial may be retried
 
 
-def finalize_stopped_trials(storage: Storage, results: StudyResults) -> None:
-    """Trials the scheduler stopped early keep weights, not a full training state (no optimizer), as finished
-    ones do: their last checkpoint is rewritten (on an object store, through a local copy). Any ended trial whose
-    last checkpoint still holds a training state (a finalisation cut off by a killed driver) is finished too."""
+def finalize_ended_trials(storage: Storage, results: StudyResults) -> None:
+    """Ended trials keep weights, not a full training state (no optimizer), in their last checkpoint only.
+
+    Trials the scheduler stopped early have their last checkpoint rewritten (on an object store, through a
+    local copy), as is any ended trial's whose finalisation a killed driver cut off. Older checkpoints are
+    deleted: Tune deletes one only once it has registered the next, and a trial that ended while its driver
+    was being killed never gets that far."""
     import tempfile
 
     import pyarrow.fs as pafs
 
     from study.storage import open_uri
-    from trainables.checkpoint import finalize
+    from trainables.checkpoint import checkpoint_index, finalize
 
     for row in results.rows:
         if row["status"] not in SLIMMED or not row.get("checkpoint"):
             continue
         filesystem, path = open_uri(row["checkpoint"])
-        if filesystem.get_file_info(f"{path.rstrip('/')}/{STATE_FILE}").type == pafs.FileType.NotFound:
-            continue  # weights only already (a finalisation cut off before deleting the state is finished here)
-        if storage.is_local:
-            finalize(path)
-            continue
-        here = pafs.LocalFileSystem()
-        with tempfile.TemporaryDirectory() as local:
-            pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=here)
-            if finalize(local):
-                pafs.copy_files(local, path, source_filesystem=here, destination_filesystem=filesystem)
-                filesystem.delete_file(f"{path.rstrip('/')}/{STATE_FILE}")
+        path = path.rstrip("/")
+        if filesystem.get_file_info(f"{path}/{STATE_FILE}").type != pafs.FileType.NotFound:
+            if storage.is_local:
+                finalize(path)
+            else:
+                here = pafs.LocalFileSystem()
+                with tempfile.TemporaryDirectory() as local:
+                    pafs.copy_files(path, local, source_filesystem=filesystem, destination_filesystem=here)
+                    if finalize(local):
+                        pafs.copy_files(local, path, source_filesystem=here, destination_filesystem=filesystem)
+                        filesystem.delete_file(f"{path}/{STATE_FILE}")
+        if not _whole_final_checkpoint(filesystem, path):
+            continue  # a cut-off upload, say: the older checkpoints stay
+        trial_folder, last = path.rsplit("/", 1)
+        for info in filesystem.get_file_info(pafs.FileSelector(trial_folder, allow_not_found=True)):
+            index = checkpoint_index(info.base_name)
+            if info.type == pafs.FileType.Directory and index is not None and index < checkpoint_index(last):
+                filesystem.delete_dir(info.path)
+
+
+def _whole_final_checkpoint(filesystem, path: str) -> bool:
+    """Its trial file says final and its weights are there (written under a temporary name, then renamed)."""
+    import pyarrow.fs as pafs
+
+    from trainables.checkpoint import FINAL, CheckpointError
+
+    try:
+        with filesystem.open_input_stream(f"{path}/{TRIAL_FILE}") as stream:
+            content = parse_trial_json(stream.read().decode(), f"{path}/{TRIAL_FILE}")
+    except (OSError, UnicodeDecodeError, CheckpointError):
+        return False
+    return content.get("kind") == FINAL and \
+        filesystem.get_file_info(f"{path}/{FINAL_WEIGHTS}").type == pafs.FileType.File
 
 
 def save_encoder_artifact(storage: Storage, job: PretrainJob, checkpoint: str, study_name: str) -> None:

@@ -95,6 +95,34 @@ def test_resume_runs_planned_trials_that_the_backend_lost(tmp_path, finished_tin
     assert "already finished" in again.stderr
 
 
+def test_an_ended_trials_older_checkpoints_go_once_its_last_is_a_whole_final_one(tmp_path, finished_tiny_study):
+    """Tune deletes a trial's older checkpoint only once it has registered the next: a trial that ended while its
+    driver was being killed keeps a training state in the older one (seen in the Optuna kill test below). The
+    stage's end deletes it, unless the last checkpoint is not a whole final one (a cut-off upload, say)."""
+    from study.runner import finalize_ended_trials
+    from trainables.checkpoint import FINAL_WEIGHTS, STATE_FILE, TRIAL_FILE, checkpoint_index, load_weights
+
+    storage = tmp_path / "studies"
+    shutil.copytree(finished_tiny_study, storage)
+    rows = [row for row in load_results(Storage(storage), "t").rows if row["stage"] == "main"]
+    assert [row["status"] for row in rows] == ["finished", "finished"]
+    older = {}
+    for row in rows:  # the last checkpoint moves one index up; the older one in its place holds a training state
+        last = Path(row["checkpoint"])
+        newer = last.parent / f"checkpoint_{checkpoint_index(last.name) + 1:06d}"
+        last.rename(newer)
+        last.mkdir()
+        shutil.copy(newer / TRIAL_FILE, last / TRIAL_FILE)
+        (last / STATE_FILE).write_bytes(b"an optimizer state")
+        older[row["trial_key"]] = (last, newer)
+    whole, cut = rows[0]["trial_key"], rows[1]["trial_key"]
+    (older[cut][1] / TRIAL_FILE).write_text('{"kind": "fin')  # the upload of the last one was cut off
+
+    finalize_ended_trials(Storage(storage), load_results(Storage(storage), "t"))
+    assert not older[whole][0].exists() and load_weights(older[whole][1] / FINAL_WEIGHTS)
+    assert (older[cut][0] / STATE_FILE).exists()
+
+
 def test_optuna_study_killed_twice_moved_and_resumed(tmp_path):
     """Driver SIGKILLed in pretraining, then in the main stage of an Optuna + ASHA search, the
     study folder moved in between: resume completes it with exactly the planned samples, and
