@@ -83,22 +83,30 @@ def choose_best(results, by: str = DEFAULT_BY, table: str | None = None, row: st
         main, scope = _row_trials(results, main, table, row)
     if main.empty:
         raise StudyError(f"{scope} has no main-stage trial")
-    values = main[by].astype("float64")
-    eligible = main[main["status"].isin(CANDIDATE_STATES) & values.notna() & main["weights_final"].notna()]
-    eligible = eligible[[math.isfinite(v) for v in eligible[by].astype("float64")]]
-    if eligible.empty:
+    ordered = ranked_candidates(main, by)
+    if ordered.empty:
         counts = main["status"].value_counts()
         described = ", ".join(f"{n} {s.replace('_', ' ')}" for s, n in counts.items())
         raise StudyError(f"{scope} has no finished trial with stored weights and a {by} yet ({described})")
-    mode = BY_METRICS[by]
-    ordered = eligible.assign(_key=eligible[by].astype("float64") * (-1 if mode == "max" else 1))
-    ordered = ordered.sort_values(["_key", "trial_key"], kind="stable")
     best = ordered.iloc[0]
     value = float(best[by])
     ties = tuple(str(k) for k in ordered["trial_key"].iloc[1:][ordered[by].iloc[1:].astype("float64") == value])
-    return Choice(row=_row_dict(best.drop(labels="_key")), by=by, mode=mode, value=value,
-                  candidates=len(eligible), ties=ties, scope=scope, not_ended=not_ended_trials(results),
+    return Choice(row=_row_dict(best), by=by, mode=BY_METRICS[by], value=value,
+                  candidates=len(ordered), ties=ties, scope=scope, not_ended=not_ended_trials(results),
                   notes=running_note(results))
+
+
+def ranked_candidates(trials, by: str = DEFAULT_BY):
+    """The trials a best one is chosen from, best first: the rule of the module's docstring, used by `study best`,
+    `load_model` and the report alike (ended in a CANDIDATE_STATES state, final weights stored, a finite `by`)."""
+    if trials.empty:
+        return trials
+    values = trials[by].astype("float64")
+    eligible = trials[trials["status"].isin(CANDIDATE_STATES) & trials["weights_final"].notna()
+                      & values.map(math.isfinite).astype(bool)]
+    key = eligible[by].astype("float64") * (-1 if BY_METRICS[by] == "max" else 1)
+    order = eligible.assign(_key=key).sort_values(["_key", "trial_key"], kind="stable").index
+    return eligible.loc[order]
 
 
 def _row_trials(results, main, table: str | None, row: str | None):

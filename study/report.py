@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from study.errors import StudyError
+from study.models import ranked_candidates
 from study.plan import EXECUTION_ONLY
 from study.predictions import MASK_IMAGES, MAX_ROWS, Predictions
 from study.record import (
@@ -881,38 +882,30 @@ def _table_figures(context: _Context, table: Table, stem: str, columns: list) ->
             "band from min to max over seeds; trials stopped early by the scheduler are drawn each to its last "
             f"epoch and marked ✕ there; rows past the first {MAX_ROWS} are grey. Per-class IoU: last "
             "validated epoch, mean over seeds, error bar = sample std. Predicted masks: the first "
-            f"{MASK_IMAGES} validation images; a column per row: its best seed (highest best val mIoU) "
+            f"{MASK_IMAGES} validation images; a column per row: its best seed (highest best val mIoU among "
+            "the seeds that finished or were stopped early with stored weights, as `study best --table T --row "
+            "LABEL` chooses) "
             "with the weights of its best validated epoch; under each prediction, that image's IoU (mean over the "
             "classes in its ground truth or prediction).")
     if shown:
         text += " Columns: " + "; ".join(f"{label} = `{trial['trial_key']}` (epoch {_int_text(trial['best_epoch'])})"
                                          for label, trial in shown) + "."
     if missing:
-        text += " No finished trial with stored weights yet: " + "; ".join(missing) + "."
+        text += " No trial that finished or was stopped early with stored weights yet: " + "; ".join(missing) + "."
     blocks.append(Text(text))
     return blocks
 
 
 def _best_seed(records: dict, row: TableRow) -> dict | None:
-    """The row's finished trial with the highest best val mIoU and stored weights (ties: first trial key)."""
-    candidates = [records[t] for t in row.trial_ids if t in records
-                  and _present(records[t].get("weights_best")) and _present(records[t].get("best_val_miou"))]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda trial: (-float(trial["best_val_miou"]), str(trial["trial_key"])))
+    """The row's best seed: `study best --table T --row LABEL`'s choice (study/models.py), None if none yet."""
+    ranked = ranked_candidates(pd.DataFrame([records[t] for t in row.trial_ids if t in records]))
+    return None if ranked.empty else ranked.iloc[0].to_dict()
 
 
 def best_checkpoint_trial(trials: pd.DataFrame) -> pd.Series | None:
-    """The main trial with the highest best val mIoU among those with stored best weights (ties: first key)."""
-    if trials.empty:
-        return None
-    scores = pd.to_numeric(trials["best_val_miou"], errors="coerce")
-    candidates = trials[(trials["stage"] == Stage.MAIN.value) & trials["weights_best"].notna() & scores.notna()]
-    if candidates.empty:
-        return None
-    ranked = candidates.assign(_score=scores[candidates.index]).sort_values(["_score", "trial_key"],
-                                                                             ascending=[False, True], kind="stable")
-    return candidates.loc[ranked.index[0]]
+    """The study's best main trial: `study best`'s choice (study/models.py), None if no trial qualifies yet."""
+    ranked = ranked_candidates(trials[trials["stage"] == Stage.MAIN.value] if not trials.empty else trials)
+    return None if ranked.empty else ranked.iloc[0]
 
 
 def _best_model_section(context: _Context) -> list:
@@ -921,16 +914,16 @@ def _best_model_section(context: _Context) -> list:
     blocks = [Heading("Best model of the study")]
     if best is None:
         return blocks + [Picture("Predicted masks of the best model", note="not drawn: no main-stage trial has "
-                                                                            "stored weights yet")]
+                                                                            "ended with stored weights yet")]
     best = best.to_dict()
     blocks.append(context.draw.later("Predicted masks of the best model", figures.predicted_masks,
                                [(best["trial_key"], best)], context.predictions,
                                f"Best model: {best['trial_key']}, weights of its best validated epoch "
                                f"({_int_text(best['best_epoch'])})", stem="predicted-masks"))
-    return blocks + [Text(f"Best model of the study: trial `{best['trial_key']}` ({best['config_name']}; best val "
-                          f"mIoU {float(best['best_val_miou']):.4f} at epoch {_int_text(best['best_epoch'])}), "
-                          f"weights of its best validated epoch, on the first {MASK_IMAGES} validation "
-                          "images; under each prediction, that image's IoU.")]
+    return blocks + [Text(f"Best model of the study (the trial `study best` names): trial `{best['trial_key']}` "
+                          f"({best['config_name']}; best val mIoU {float(best['best_val_miou']):.4f} at epoch "
+                          f"{_int_text(best['best_epoch'])}), weights of its best validated epoch, on the first "
+                          f"{MASK_IMAGES} validation images; under each prediction, that image's IoU.")]
 
 
 def _pretraining_section(context: _Context) -> list:

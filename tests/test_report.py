@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from study import figures, report
 from study.errors import StudyError
+from study.models import choose_best
 from study.plan import Plan
 from study.predictions import MASK_IMAGES
 from study.results import load_results
@@ -212,7 +213,7 @@ def test_figures_are_written_and_linked(tmp_path):
     text = path.read_text()
     assert_every_figure_in_both_formats(tmp_path / "out", {"fcn-loss", "fcn-miou", "fcn-class-iou"})
     assert "not drawn: no row of this table has a finished trial with stored weights yet" in text
-    assert "Predicted masks of the best model: not drawn: no main-stage trial has stored weights yet" in text
+    assert "Predicted masks of the best model: not drawn: no main-stage trial has ended with stored weights yet" in text
 
 
 SEARCH_SETUPS = [(1e-4, "fcn_resnet50", "imagenet"), (1e-3, "segformer_b0", "none"),
@@ -377,6 +378,8 @@ def masks_study(tmp_path, pets_root, rows: int = 3) -> Storage:
         trials += [fake_trial(f"c{index}", seed, [0.5 + 0.1 * index + 0.01 * seed], arch="segformer_b0",
                               weights=weights) for seed in range(2)]
     trials.append(fake_trial("c9", 0, [0.9], arch="segformer_b0"))  # no weights: left out of the masks
+    # diverged after the best score of all, with weights: never the best, as `study best` decides
+    trials.append(fake_trial("c0", 2, [0.95, 0.0], arch="segformer_b0", diverge=True, weights=weights))
     for trial in trials:
         trial["settings"].update(data_root=str(pets_root), cache_dir=str(tmp_path / "cache"), image_size=[32, 32])
     declaration = declared_table("t", [(f"Row {index}", {"config_name": f"c{index}"}) for index in range(rows)])
@@ -393,7 +396,11 @@ def test_masks_figure_has_a_prediction_column_per_row_on_the_same_images(tmp_pat
     # each row's best seed (seed 1 has the higher best val mIoU), weights of its best epoch
     assert "Row 0 = `c0-s1` (epoch 2); Row 1 = `c1-s1` (epoch 2); Row 2 = `c2-s1` (epoch 2)" in text
     assert is_png(tmp_path / "out" / "figures" / "predicted-masks.png")
-    assert "Best model of the study: trial `c2-s1`" in text  # c9-s0 scores higher but has no weights
+    # c9-s0 scores higher but has no weights, c0-s2 diverged: the report's best is `study best`'s
+    assert "Best model of the study (the trial `study best` names): trial `c2-s1`" in text
+    results = load_results(storage, "masks")
+    assert choose_best(results).row["trial_key"] == "c2-s1"
+    assert choose_best(results, table="t", row="Row 0").row["trial_key"] == "c0-s1"
 
 
 def test_image_iou_is_the_mean_over_classes_present():
