@@ -315,14 +315,10 @@ def _whole_final_checkpoint(filesystem, path: str) -> bool:
     """Its trial file says final and its weights are there (written under a temporary name, then renamed)."""
     import pyarrow.fs as pafs
 
-    from trainables.checkpoint import FINAL, CheckpointError
+    from trainables.checkpoint import FINAL, read_trial_file
 
-    try:
-        with filesystem.open_input_stream(f"{path}/{TRIAL_FILE}") as stream:
-            content = parse_trial_json(stream.read().decode(), f"{path}/{TRIAL_FILE}")
-    except (OSError, UnicodeDecodeError, CheckpointError):
-        return False
-    return content.get("kind") == FINAL and \
+    content = read_trial_file(filesystem, path)
+    return content is not None and content.get("kind") == FINAL and \
         filesystem.get_file_info(f"{path}/{FINAL_WEIGHTS}").type == pafs.FileType.File
 
 

@@ -151,7 +151,7 @@ def test_what_the_tracking_callbacks_rely_on_in_ray():
     source = inspect.getsource(TBXLoggerCallback)
     assert all(name in source for name in ("self._trial_writer[trial] = self._summary_writer_cls(",
                                            "self._trial_result[trial] = {}"))
-    # where a trial's folder is: Tune's storage context
+    # where a trial's folder is (study/tune/trial_files.py): Tune's storage context
     assert isinstance(Trial.path, property) and "storage" in inspect.getsource(Trial.path.fget)
 
 
@@ -209,3 +209,37 @@ def test_a_restore_is_told_which_trials_the_scheduler_stopped(tmp_path):
     storage = write_fake_study(tmp_path / "studies", "s", trials)
     assert stopped_trials(storage, "s", "main") == (trials[0]["trial_key"],)
     assert stopped_trials(storage, "s", "pretrain") == ()
+
+
+def test_a_trial_that_ended_under_an_earlier_driver_is_told_by_its_checkpoint(finished_tiny_study, tmp_path, capsys):
+    """Tune sets a restored trial's last result from the checkpoint it restores: an older one when the driver was
+    killed after the trial's end but before Tune's state said so, and the trial, finding its final checkpoint,
+    returns at once. The progress line, the event log and the trackers then say how it ended from its newest
+    checkpoint, as the study's record does, not "early stopped" from that older result."""
+    import json
+    import shutil
+
+    from ray.tune import ExperimentAnalysis
+
+    from study.events import EVENTS_FILE, EventLog
+    from study.record import TrialState
+    from study.tune.callback import StageTotals, StudyProgress, attach, ended_state, planned_epochs, trial_ended_state
+
+    storage = tmp_path / "studies"
+    shutil.copytree(finished_tiny_study, storage)
+    (storage / "t" / EVENTS_FILE).unlink()
+    trial = ExperimentAnalysis(str(storage / "t" / "main")).trials[0]  # Tune's own Trial, from the moved folder
+    planned = planned_epochs(trial)
+    assert planned > 2 and trial_ended_state(trial, planned) == TrialState.FINISHED
+    trial.update_last_result({"epoch": 2, "diverged": False})  # as Tune restores it from the epoch-2 checkpoint
+    assert ended_state(trial.last_result, planned) == TrialState.EARLY_STOPPED  # Tune's result alone misleads
+    assert trial_ended_state(trial, planned) == TrialState.FINISHED
+    assert trial_ended_state(trial, planned + 2) == TrialState.EARLY_STOPPED  # a plan past its records: stopped
+
+    attach("main", EventLog(Storage(storage), "t"), StageTotals(trials=1))
+    progress = StudyProgress("main")
+    progress.on_trial_start(0, [trial], trial)
+    progress.on_trial_complete(0, [trial], trial)
+    ended = [json.loads(line) for line in (storage / "t" / EVENTS_FILE).read_text().splitlines()][-1]
+    assert ended["event"] == "complete" and ended["state"] == TrialState.FINISHED.value
+    assert f"{TrialState.FINISHED.words} {progress._key(trial)}" in capsys.readouterr().err

@@ -149,6 +149,38 @@ def checkpoint_index(name: str) -> int | None:
     return int(digits) if digits.isdigit() else None
 
 
+def checkpoint_folders(filesystem, folder: str) -> list[str]:
+    """The checkpoint folders in a trial's folder on a pyarrow filesystem, newest first ([] if it cannot be listed)."""
+    import pyarrow.fs as pafs
+
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(folder.rstrip("/"), allow_not_found=True))
+    except OSError:
+        return []
+    found = [(checkpoint_index(i.base_name), i.path) for i in infos
+             if i.type == pafs.FileType.Directory and checkpoint_index(i.base_name) is not None]
+    return [path for _, path in sorted(found, reverse=True)]
+
+
+def read_trial_file(filesystem, checkpoint: str) -> dict | None:
+    """A checkpoint's trial.json on a pyarrow filesystem; None where it is missing, cut short or not ours."""
+    where = f"{checkpoint.rstrip('/')}/{TRIAL_FILE}"
+    try:
+        with filesystem.open_input_stream(where) as stream:
+            return parse_trial_json(stream.read().decode(), where)
+    except (OSError, UnicodeDecodeError, CheckpointError):
+        return None
+
+
+def newest_trial_file(filesystem, folder: str) -> dict | None:
+    """The trial.json of the newest checkpoint in a trial's folder that has a readable one, or None."""
+    for checkpoint in checkpoint_folders(filesystem, folder):
+        content = read_trial_file(filesystem, checkpoint)
+        if content is not None:
+            return content
+    return None
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0][:200] if text else type(error).__name__

@@ -24,6 +24,7 @@ from trainables.checkpoint import (
     FINAL,
     TRIAL_FILE,
     CheckpointError,
+    checkpoint_folders,
     checkpoint_index,
     load_training_state,
     parse_trial_json,
@@ -111,12 +112,8 @@ def newest_checkpoint(recorded, trial_folder: str | None, local: str) -> tuple[d
 
         filesystem, path = pafs.FileSystem.from_uri(trial_folder) if "://" in trial_folder else \
             (pafs.LocalFileSystem(), trial_folder)
-        try:
-            infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
-        except OSError:
-            infos = []
-        candidates = [(checkpoint_index(i.base_name), filesystem, i.path) for i in infos
-                      if i.type == pafs.FileType.Directory and checkpoint_index(i.base_name) is not None]
+        candidates = [(checkpoint_index(found.rsplit("/", 1)[-1]), filesystem, found)
+                      for found in checkpoint_folders(filesystem, path)]
     if recorded is not None:
         index = checkpoint_index(recorded.path.rstrip("/").rsplit("/", 1)[-1])
         candidates.append((index if index is not None else -1, recorded.filesystem, recorded.path))

@@ -30,6 +30,7 @@ from ray import tune
 from study.events import COMPLETE, ERROR, RECOVER, RESULT, START, EventLog
 from study.record import TrialState
 from study.tune.experiment_state import error_message
+from study.tune.trial_files import saved_records
 from trainables.trial import trial_dirname
 
 LIVE_EVERY_S = 1.0
@@ -82,6 +83,20 @@ def ended_state(result: dict, planned: int | None) -> TrialState:
     if planned and (result.get("epoch") or 0) < planned:
         return TrialState.EARLY_STOPPED
     return TrialState.FINISHED
+
+
+def trial_ended_state(trial, planned: int | None) -> TrialState:
+    """How a trial that Tune ended without an error ended: its last result, unless that stops short of its plan
+    and its newest checkpoint holds later epochs. Tune sets a restored trial's last result from the checkpoint
+    it restores; when a driver was killed after the trial's end but before Tune's state said so, that checkpoint
+    is an older one, and the trial, finding its final checkpoint in its folder, returns at once."""
+    result = trial.last_result or {}
+    state = ended_state(result, planned)
+    if state == TrialState.EARLY_STOPPED:
+        saved = saved_records(trial)
+        if saved and saved[-1]["epoch"] > (result.get("epoch") or 0):
+            return ended_state(saved[-1], planned)
+    return state
 
 
 def describe(trial) -> str:
@@ -162,7 +177,7 @@ class StudyProgress(tune.Callback):
             self._refresh(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        state = self.ended[trial.trial_id] = ended_state(trial.last_result or {}, self._planned(trial))
+        state = self.ended[trial.trial_id] = trial_ended_state(trial, self._planned(trial))
         self._log(trial, COMPLETE, state=state.value)
         self._say(f"{state.words} {self._key(trial)}", trials, summary=True)
 

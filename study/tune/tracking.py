@@ -49,7 +49,8 @@ from ray.tune.logger import TBXLoggerCallback
 
 from study.errors import StudyError
 from study.spec import TrackingSpec
-from study.tune.callback import ended_state
+from study.tune.callback import trial_ended_state
+from study.tune.trial_files import local_trial_folder, saved_records
 from trainables.records import FIELDS as RECORD_FIELDS
 from trainables.records import VAL_PREFIX
 from trainables.trial import StudyContext, resolve_trial
@@ -204,33 +205,8 @@ def epochs_to_log(trial, result: dict, logged: int) -> list[tuple[int, dict]]:
     epoch = result_epoch(result)
     if epoch is None or epoch <= logged:
         return []
-    earlier = saved_records(trial, logged, epoch) if epoch > logged + 1 else []
+    earlier = [r for r in saved_records(trial) if logged < r["epoch"] < epoch] if epoch > logged + 1 else []
     return [(record["epoch"], epoch_metrics(record)) for record in earlier] + [(epoch, epoch_metrics(result))]
-
-
-def saved_records(trial, after: int, before: int) -> list[dict]:
-    """The epoch records after < epoch < before that the newest readable checkpoint in the trial's folder holds."""
-    import pyarrow.fs as pafs
-
-    from trainables.checkpoint import TRIAL_FILE, CheckpointError, checkpoint_index, parse_trial_json
-    from trainables.records import flat
-
-    filesystem = trial.storage.storage_filesystem
-    try:
-        infos = filesystem.get_file_info(pafs.FileSelector(trial.path, allow_not_found=True))
-    except OSError:
-        return []
-    kept = sorted((checkpoint_index(i.base_name), i.path) for i in infos
-                  if i.type == pafs.FileType.Directory and checkpoint_index(i.base_name) is not None)
-    for _, path in reversed(kept):
-        try:
-            with filesystem.open_input_stream(f"{path}/{TRIAL_FILE}") as stream:
-                content = parse_trial_json(stream.read().decode(), f"{path}/{TRIAL_FILE}")
-        except (OSError, UnicodeDecodeError, CheckpointError):
-            continue
-        records = [flat(r) for r in content["records"] if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
-        return sorted((r for r in records if after < r["epoch"] < before), key=lambda r: r["epoch"])
-    return []
 
 
 class _Guard:
@@ -325,7 +301,7 @@ class StudyMLflowLogger(MLflowLoggerCallback):
             return
         with self.guard("ending a run"):
             planned = trial.config.get("trial", {}).get("epochs") or self.facts.context.base.get("epochs")
-            state = "errored" if failed else ended_state(trial.last_result or {}, planned).value
+            state = "errored" if failed else trial_ended_state(trial, planned).value
             self.client.set_tag(run_id, "status", state)
             self.client.set_terminated(run_id, status="FAILED" if failed else "FINISHED")
 
@@ -474,20 +450,6 @@ def logged_epochs(folder: str) -> int:
             except Exception:  # noqa: BLE001 (a damaged file: log everything again rather than fail)
                 continue
     return last
-
-
-def local_trial_folder(trial) -> str | None:
-    """The trial's folder in the study's storage when that is a filesystem path (not an object store).
-
-    Trackers that write files (W&B offline, TensorBoard) write there directly: Tune's own loggers write into
-    a staging folder on the driver that Tune uploads periodically, and a W&B run that finishes in its logging
-    actor after the last upload would be left cut short in the study folder.
-    """
-    import pyarrow.fs
-
-    if isinstance(trial.storage.storage_filesystem, pyarrow.fs.LocalFileSystem):
-        return trial.path
-    return None
 
 
 def hparam_values(settings: dict) -> dict:
