@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -87,6 +88,11 @@ def test_a_finished_runs_checkpoint_holds_weights_only(pets_root, tmp_path):
     weights = sum(v.numel() * v.element_size() for v in final.values())
     stored = sum(f.stat().st_size for f in folder.iterdir())
     assert stored <= 2.2 * weights
+    # every file as the umask makes it (safetensors' own writer makes 0600: unreadable to colleagues)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert {f.name: f.stat().st_mode & 0o777 for f in folder.iterdir()} == \
+        {f.name: 0o666 & ~umask for f in folder.iterdir()}
 
 
 def test_a_finalisation_cut_off_before_its_last_step_is_finished_by_the_next(pets_root, tmp_path):

@@ -77,12 +77,16 @@ def load_training_state(path: str | os.PathLike) -> dict:
 
 # -- weights --------------------------------------------------------------------------------
 def save_weights(path: str | os.PathLike, state: dict, metadata: dict[str, str] | None = None) -> None:
-    """A state dict as safetensors (contiguous CPU copies), written then renamed."""
-    from safetensors.torch import save_file
+    """A state dict as safetensors (contiguous CPU copies), written then renamed.
+
+    Written through Python's open, not safetensors' save_file: that creates its file mode 0600 whatever the
+    umask, and colleagues sharing a study folder could then not read its weights (report, predict)."""
+    from safetensors.torch import save
 
     tensors = {key: value.detach().to("cpu").contiguous() for key, value in state.items()}
     temporary = f"{os.fspath(path)}.tmp-{os.getpid()}"
-    save_file(tensors, temporary, metadata=metadata)
+    with open(temporary, "wb") as handle:
+        handle.write(save(tensors, metadata=metadata))
     os.replace(temporary, path)
 
 
