@@ -285,7 +285,7 @@ def finalize_ended_trials(storage: Storage, results: StudyResults) -> None:
     import pyarrow.fs as pafs
 
     from study.storage import open_uri
-    from trainables.checkpoint import checkpoint_index, finalize
+    from trainables.checkpoint import checkpoint_folders, checkpoint_index, finalize
 
     for row in results.rows:
         if row["status"] not in SLIMMED or not row.get("checkpoint"):
@@ -305,10 +305,9 @@ def finalize_ended_trials(storage: Storage, results: StudyResults) -> None:
         if not _whole_final_checkpoint(filesystem, path):
             continue  # a cut-off upload, say: the older checkpoints stay
         trial_folder, last = path.rsplit("/", 1)
-        for info in filesystem.get_file_info(pafs.FileSelector(trial_folder, allow_not_found=True)):
-            index = checkpoint_index(info.base_name)
-            if info.type == pafs.FileType.Directory and index is not None and index < checkpoint_index(last):
-                filesystem.delete_dir(info.path)
+        for older in checkpoint_folders(filesystem, trial_folder):
+            if checkpoint_index(older.rsplit("/", 1)[-1]) < checkpoint_index(last):
+                filesystem.delete_dir(older)
 
 
 def _whole_final_checkpoint(filesystem, path: str) -> bool:
