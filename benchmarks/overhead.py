@@ -106,7 +106,7 @@ def line_fit(points: list[tuple[int, float]]) -> tuple[float, float]:
 def study_footprint(storage: Path, name: str) -> dict:
     """Worker memory per trial (in the order they ran) and checkpoint bytes of the finished trials."""
     sys.path.insert(0, str(REPO))
-    from study.results import load_results
+    from study.reading.results import load_results
     from study.storage import Storage
 
     rows = [r for r in load_results(Storage(storage), name).rows if r["stage"] == "main"]

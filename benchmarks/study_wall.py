@@ -94,9 +94,9 @@ def prepare(spec_path: str, overrides: list[str]):
 
     Returns the study's plan.
     """
-    from study.plan import make_plan
-    from study.runner import build_caches
-    from study.spec import load_spec
+    from study.planning.plan import make_plan
+    from study.planning.spec import load_spec
+    from study.running.runner import build_caches
     from trainables.data import dataset_fingerprint
 
     spec = load_spec(spec_path, overrides=overrides)

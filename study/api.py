@@ -13,8 +13,8 @@ import os
 
 import pandas as pd
 
-from study.models import StudyModel, load_study_model
-from study.results import load_results
+from study.models.load import StudyModel, load_study_model
+from study.reading.results import load_results
 from study.storage import Storage, default_storage
 
 

@@ -16,7 +16,7 @@ import sys
 
 from study import signals
 from study.errors import StudyError
-from study.spec import MAX_TRIALS
+from study.planning.spec import MAX_TRIALS
 from trainables.config import ARCHS, CHOICES, DATASETS, TrainConfig
 from trainables.errors import TrainablesError
 
@@ -222,21 +222,21 @@ def _image_size(values: list[int]) -> tuple[int, int]:
 
 
 def cmd_run(args) -> int:
-    from study.runner import run_study
-    from study.spec import load_spec
+    from study.planning.spec import load_spec
+    from study.running.runner import run_study
 
     spec = load_spec(args.spec, overrides=args.overrides, allow_large=args.allow_large)
     return run_study(spec, _storage(args), name=args.name, address=args.address, dashboard=args.dashboard)
 
 
 def cmd_resume(args) -> int:
-    from study.runner import resume_study
+    from study.running.runner import resume_study
 
     return resume_study(_storage(args), args.name, address=args.address, dashboard=args.dashboard)
 
 
 def cmd_status(args) -> int:
-    from study.status import format_status, status_summary
+    from study.reading.status import format_status, status_summary
 
     summary = status_summary(_storage(args), args.name)
     print(json.dumps(summary, indent=1, default=str) if args.json else format_status(summary))
@@ -244,7 +244,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_list(args) -> int:
-    from study.status import listed_state
+    from study.reading.status import listed_state
 
     storage = _storage(args)
     names = storage.studies()
@@ -256,7 +256,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from study.report import report_study
+    from study.analysis.report import report_study
     from study.storage import output_folder
 
     storage = _storage(args)
@@ -270,7 +270,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from study.export import export_study
+    from study.reading.export import export_study
     from study.storage import output_folder
 
     storage = _storage(args)
@@ -281,8 +281,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from study.models import DEFAULT_BY, choose_best, describe_choice, format_choice
-    from study.results import load_results
+    from study.models.choose import DEFAULT_BY, choose_best, describe_choice, format_choice
+    from study.reading.results import load_results
 
     results = load_results(_storage(args), args.name)
     choice = choose_best(results, by=args.by or DEFAULT_BY, table=args.table, row=args.row)
@@ -292,7 +292,7 @@ def cmd_best(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from study.predict import failure_line, format_summary, predict_study
+    from study.models.predict import failure_line, format_summary, predict_study
 
     summary = predict_study(_storage(args), args.name, args.images, args.out, trial=args.trial, which=args.which,
                             device=args.device, batch_size=args.batch_size, masks=args.masks)
@@ -304,7 +304,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_export_model(args) -> int:
-    from study.model_export import export_model
+    from study.models.export import export_model
 
     paths, notes = export_model(_storage(args), args.name, args.out, trial=args.trial, which=args.which)
     for note in notes:

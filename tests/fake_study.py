@@ -13,10 +13,10 @@ import math
 from contextlib import ExitStack
 from pathlib import Path
 
-from study.events import COMPLETE, ERROR, RESULT, START, EventLog
-from study.folder import write_study_file
-from study.lock import study_lock
-from study.plan import (
+from study.folder.events import COMPLETE, ERROR, RESULT, START, EventLog
+from study.folder.files import write_study_file
+from study.folder.lock import study_lock
+from study.planning.plan import (
     PLAN_FILE,
     SPEC_FILE,
     Execution,
@@ -27,8 +27,8 @@ from study.plan import (
     SearchPlan,
     sha256,
 )
-from study.record import StudyState, TrialState
-from study.spec import RowSpec, TableSpec
+from study.planning.record import StudyState, TrialState
+from study.planning.spec import RowSpec, TableSpec
 from study.storage import Storage
 from trainables.checkpoint import FINAL, save_weights, write_trial_json
 from trainables.config import TrainConfig

@@ -81,8 +81,8 @@ def crash_driver_when(driver: subprocess.Popen, condition, log: Path, what: str,
 
 
 def driver_views(study_folder: Path, stage: str = "main") -> list:
-    """What the driver has logged of each trial of a stage so far (study/events.py), read while it runs."""
-    from study.events import EVENTS_FILE, replay
+    """What the driver has logged of each trial of a stage so far (study/folder/events.py), read while it runs."""
+    from study.folder.events import EVENTS_FILE, replay
 
     try:
         views = replay((Path(study_folder) / EVENTS_FILE).read_text())[0].values()

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from study.errors import SpecError
-from study.plan import make_plan
-from study.spec import load_spec
+from study.planning.plan import make_plan
+from study.planning.spec import load_spec
 from tests.test_engine import tiny_config
 from trainables.engine import fit
 from trainables.errors import ConfigError

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from study import export
 from study.api import load_study
-from study.plan import VERSIONED_PACKAGES
-from study.record import EPOCH_COLUMNS, TRIAL_COLUMNS, TrialState
+from study.planning.plan import VERSIONED_PACKAGES
+from study.planning.record import EPOCH_COLUMNS, TRIAL_COLUMNS, TrialState
+from study.reading import export
 from tests.fake_study import SPEC_YAML, epoch_records, fake_trial, write_fake_study
 
 

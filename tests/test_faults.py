@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study.results import load_results
+from study.reading.results import load_results
 from study.storage import Storage
 from tests.study_helpers import (
     SPECS,
@@ -99,7 +99,7 @@ def test_an_ended_trials_older_checkpoints_go_once_its_last_is_a_whole_final_one
     """Tune deletes a trial's older checkpoint only once it has registered the next: a trial that ended while its
     driver was being killed keeps a training state in the older one (seen in the Optuna kill test below). The
     stage's end deletes it, unless the last checkpoint is not a whole final one (a cut-off upload, say)."""
-    from study.runner import finalize_ended_trials
+    from study.running.runner import finalize_ended_trials
     from trainables.checkpoint import FINAL_WEIGHTS, STATE_FILE, TRIAL_FILE, checkpoint_index, load_weights
 
     storage = tmp_path / "studies"

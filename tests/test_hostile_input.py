@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from study.cli import main
-from study.plan import PLAN_VERSION
+from study.planning.plan import PLAN_VERSION
 from tests.fake_study import fake_trial, write_fake_study
 from tests.study_helpers import free_port
 from tests.test_bad_input import SMOKE, fails, smoke, write_spec

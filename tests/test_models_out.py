@@ -22,7 +22,7 @@ from PIL import Image
 
 from study.api import load_model, load_study
 from study.cli import main
-from study.plan import PLAN_FILE
+from study.planning.plan import PLAN_FILE
 from tests.fake_study import fake_trial, table, write_fake_study
 from tests.study_helpers import run_study_cli
 from tests.test_bad_input import fails

@@ -15,10 +15,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from study.events import EVENTS_FILE
-from study.folder import STUDY_FILE
-from study.plan import PLAN_FILE, SPEC_FILE
-from study.record import TRIAL_COLUMNS
+from study.folder.events import EVENTS_FILE
+from study.folder.files import STUDY_FILE
+from study.planning.plan import PLAN_FILE, SPEC_FILE
+from study.planning.record import TRIAL_COLUMNS
 from tests.study_helpers import run_study_cli
 
 MAIN = ("segformer_frozen-s0", "segformer_scratch-s0")

@@ -23,12 +23,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from study import figures, report
+from study.analysis import figures, render, report, significance, tables
+from study.analysis.predictions import MASK_IMAGES
 from study.errors import StudyError
-from study.models import choose_best
-from study.plan import Plan
-from study.predictions import MASK_IMAGES
-from study.results import load_results
+from study.models.choose import choose_best
+from study.planning.plan import Plan
+from study.reading.results import load_results
 from study.storage import Storage
 from tests.fake_study import epoch_records, fake_trial, write_fake_study
 from tests.fake_study import table as declared_table
@@ -53,7 +53,7 @@ def fcn_study(root: Path, name: str = "fcn", shift: float = 0.0, tables=(FCN_TAB
 # -- tables ---------------------------------------------------------------------------
 def test_table_cells_are_mean_std_and_count_of_the_epoch_data(tmp_path):
     storage, trials = fcn_study(tmp_path)
-    table, = report.build_tables(load_results(storage, "fcn"), [FCN_TABLE])
+    table, = tables.build_tables(load_results(storage, "fcn"), [FCN_TABLE])
     assert table.columns == ("train_loss", "train_miou", "val_loss", "val_miou", "best_val_miou")
     for row, config_name in zip(table.rows, ["fcn_scratch", "fcn_pretrained"]):
         records = [epoch_records(t) for t in trials if t["config_name"] == config_name]
@@ -87,7 +87,7 @@ def test_markdown_labels_final_and_best_and_names_the_test(tmp_path):
     assert "best at epoch 4 (all 3 seeds)" in text  # scratch: every seed best at its last epoch
     assert "best at epoch 2 (median; range 2–4)" in text  # pretrained: seeds 0, 1 peak at 2, seed 2 at 4
     csv = pd.read_csv(tmp_path / "out" / "fcn.csv")
-    assert set(csv["metric"]) == set(report.METRIC_SOURCES)
+    assert set(csv["metric"]) == set(tables.METRIC_SOURCES)
     line = csv[(csv["row"] == "FCN from scratch") & (csv["metric"] == "val_miou")].iloc[0]
     assert (line["mean"], line["n"]) == (pytest.approx(scratch), 3)
     pretrained = csv[(csv["row"] == "FCN (pretrained)") & (csv["metric"] == "val_miou")].iloc[0]
@@ -101,8 +101,8 @@ def test_difference_within_seed_spread_is_not_significant_and_one_seed_is_not_te
     storage = write_fake_study(tmp_path, "spread", trials)
     declaration = declared_table("t", [("A", {"config_name": "a"}), ("B", {"config_name": "b"}),
                                        ("C", {"config_name": "c"})])
-    table, = report.build_tables(load_results(storage, "spread"), [declaration])
-    headers, cells = report.table_grid(table)
+    table, = tables.build_tables(load_results(storage, "spread"), [declaration])
+    headers, cells = tables.table_grid(table)
     verdicts = [line[-1] for line in cells]
     assert verdicts[0] == "baseline"
     assert verdicts[1].startswith("no (p=")
@@ -117,7 +117,7 @@ def test_numbers_match_with_tolerance(tmp_path):
     declaration = declared_table("lr", [("1e-3 as text", {"lr": "1e-3"}), ("1e-3", {"lr": 1e-3}),
                                            ("0.0005", {"lr": 0.0005, "arch": "fcn_resnet50"}),
                                            ("nothing", {"lr": 0.01}), ("no such column", {"colour": "red"})])
-    table, = report.build_tables(results, [declaration])
+    table, = tables.build_tables(results, [declaration])
     assert [row.total for row in table.rows] == [1, 1, 1, 0, 0]
     assert table.rows[2].summaries["val_miou"].values == (0.6,)
     assert any("no trial of this study matches" in note for note in table.notes)
@@ -132,7 +132,7 @@ def test_partial_study_counts_and_lists_trials_left_out(tmp_path):
     storage = write_fake_study(tmp_path, "partial", trials, state="running", tables=(declaration,))
     results = load_results(storage, "partial")
     path = report.write_report(results, tmp_path / "out")
-    table, = report.build_tables(results, [declaration])
+    table, = tables.build_tables(results, [declaration])
     a, b = table.rows
     assert (a.finished, a.total, b.finished, b.total) == (2, 4, 0, 2)
     assert a.summaries["val_miou"].values == (0.6, 0.62)
@@ -152,15 +152,15 @@ def test_partial_study_counts_and_lists_trials_left_out(tmp_path):
 def test_default_table_when_the_study_declares_none(tmp_path):
     storage, _ = fcn_study(tmp_path, tables=())
     results = load_results(storage, "fcn")
-    tables = report.build_tables(results, report.declared_tables(results))
-    assert [row.label for row in tables[0].rows] == ["fcn_pretrained", "fcn_scratch"]
-    assert all(row.total == 3 for row in tables[0].rows)
+    built = tables.build_tables(results, tables.declared_tables(results))
+    assert [row.label for row in built[0].rows] == ["fcn_pretrained", "fcn_scratch"]
+    assert all(row.total == 3 for row in built[0].rows)
 
 
 def test_terminal_text_has_every_row(tmp_path):
     storage, _ = fcn_study(tmp_path)
-    tables = report.build_tables(load_results(storage, "fcn"), [FCN_TABLE])
-    text = report.format_terminal(tables)
+    built = tables.build_tables(load_results(storage, "fcn"), [FCN_TABLE])
+    text = render.format_terminal(built)
     assert "FCN on Oxford-IIIT Pet" in text and "FCN from scratch" in text and "FCN (pretrained)" in text
 
 
@@ -169,22 +169,47 @@ def test_terminal_text_has_every_row(tmp_path):
 @given(st.floats(0.001, 50.0))
 def test_t_tail_matches_closed_forms(t):
     # Two-sided tails of Student's t with 1 (Cauchy) and 2 degrees of freedom have closed forms.
-    assert report.regularized_incomplete_beta(0.5, 0.5, 1 / (1 + t * t)) == pytest.approx(
+    assert significance.regularized_incomplete_beta(0.5, 0.5, 1 / (1 + t * t)) == pytest.approx(
         1 - 2 / math.pi * math.atan(t), abs=1e-10)
-    assert report.regularized_incomplete_beta(1.0, 0.5, 2 / (2 + t * t)) == pytest.approx(
+    assert significance.regularized_incomplete_beta(1.0, 0.5, 2 / (2 + t * t)) == pytest.approx(
         1 - t / math.sqrt(2 + t * t), abs=1e-10)
 
 
 def test_welch_on_two_pairs_has_two_degrees_of_freedom():
     # Equal variances and n=2 each: t = difference / sqrt(2), 2 degrees of freedom.
     t = 3.0 / math.sqrt(2)
-    assert report.welch_t_test([0.0, 2.0], [3.0, 5.0]) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
-    assert report.welch_t_test([0.5], [0.6, 0.7]) is None
-    assert report.welch_t_test([0.5, 0.5], [0.5, 0.5]) == 1.0
-    assert report.welch_t_test([0.5, 0.5], [0.6, 0.6]) == 0.0
+    assert significance.welch_t_test([0.0, 2.0], [3.0, 5.0]) == pytest.approx(1 - t / math.sqrt(2 + t * t), abs=1e-12)
+    assert significance.welch_t_test([0.5], [0.6, 0.7]) is None
+    assert significance.welch_t_test([0.5, 0.5], [0.5, 0.5]) == 1.0
+    assert significance.welch_t_test([0.5, 0.5], [0.6, 0.6]) == 0.0
     # Large samples: the 97.5% normal quantile gives p = 0.05.
-    big = report.regularized_incomplete_beta(5e5, 0.5, 1e6 / (1e6 + 1.959964 ** 2))
+    big = significance.regularized_incomplete_beta(5e5, 0.5, 1e6 / (1e6 + 1.959964 ** 2))
     assert big == pytest.approx(0.05, abs=1e-4)
+
+
+# Student's t two-sided critical values (any statistics textbook's table, 3 decimals): P(|T| > t) = alpha.
+T_TABLE = [(1, 12.706, 0.05), (1, 63.657, 0.01), (2, 4.303, 0.05), (2, 9.925, 0.01), (5, 2.571, 0.05),
+           (5, 4.032, 0.01), (10, 2.228, 0.05), (10, 3.169, 0.01), (30, 2.042, 0.05), (30, 2.750, 0.01),
+           (120, 1.980, 0.05), (120, 2.617, 0.01)]
+# Welch's test by scipy.stats.ttest_ind(a, b, equal_var=False), scipy 1.17.1 (not a dependency: values kept here).
+WELCH_REFERENCE = [
+    ([0.61, 0.63, 0.60], [0.55, 0.58, 0.57], 0.020092107013114417),
+    ([0.41, 0.45, 0.40, 0.47, 0.44], [0.43, 0.49, 0.50], 0.207682027643743),
+    ([1.0, 2.0, 3.0, 4.0], [2.5, 3.5, 6.0, 8.0, 9.5, 11.0], 0.026739485610940913),
+    ([0.5012, 0.5020], [0.4990, 0.5001], 0.10557404026981666),
+]
+
+
+@pytest.mark.parametrize(("dof", "t", "alpha"), T_TABLE)
+def test_t_tail_matches_the_printed_table_of_critical_values(dof, t, alpha):
+    p = significance.regularized_incomplete_beta(dof / 2, 0.5, dof / (dof + t * t))
+    assert p == pytest.approx(alpha, rel=2e-3)  # the table rounds t to 3 decimals
+
+
+@pytest.mark.parametrize(("a", "b", "p"), WELCH_REFERENCE)
+def test_welch_matches_a_reference_implementation(a, b, p):
+    assert significance.welch_t_test(a, b) == pytest.approx(p, rel=1e-9)
+    assert significance.welch_t_test(b, a) == pytest.approx(p, rel=1e-9)
 
 
 # -- figures ---------------------------------------------------------------------------
@@ -287,7 +312,7 @@ def test_an_empty_optuna_study_is_noted_not_drawn(tmp_path):
 
 
 def test_search_scatter_encodes_every_categorical_dimension_and_marks_early_stops(tmp_path):
-    from study.record import TRIAL_COLUMNS, typed_frame
+    from study.planning.record import TRIAL_COLUMNS, typed_frame
 
     combos = [(p, f, stem) for p in ("none", "cityscapes") for f in ("none", "encoder") for stem in ("paper", "small")
               if not (p == "none" and f == "encoder")]
@@ -344,11 +369,11 @@ def test_curves_of_hundreds_of_trials_keep_a_bounded_number_of_artists(tmp_path)
 
 
 def test_trial_finder_selects_as_matching_mask(tmp_path):
-    from study.record import matching_mask
+    from study.planning.record import matching_mask
 
     storage, _ = fcn_study(tmp_path)
-    main = report.main_trials(load_results(storage, "fcn"))
-    find = report.TrialFinder(main)
+    main = tables.main_trials(load_results(storage, "fcn"))
+    find = tables.TrialFinder(main)
     for match in ({"trial_key": "fcn_scratch-s1"}, {"config_name": "fcn_pretrained"}, {"config_name": "nothing"},
                   {"lr": "1e-3"}, {"arch": "fcn_resnet50", "pretrain": "imagenet"}, {"colour": "red"},
                   {"amsgrad": True}, {"seed": 2}):
@@ -460,11 +485,11 @@ def test_each_table_has_its_protocol_from_the_plan(tmp_path):
 
 
 def test_best_epochs_are_abbreviated():
-    assert report.format_best_epochs(()) == ""
-    assert report.format_best_epochs((27,)) == "best at epoch 27"
-    assert report.format_best_epochs((4, 4)) == "best at epoch 4 (both seeds)"
-    assert report.format_best_epochs((30, 22, 27, 28, 25)) == "best at epoch 27 (median; range 22–30)"
-    assert report.format_best_epochs((2, 3)) == "best at epoch 2.5 (median; range 2–3)"
+    assert tables.format_best_epochs(()) == ""
+    assert tables.format_best_epochs((27,)) == "best at epoch 27"
+    assert tables.format_best_epochs((4, 4)) == "best at epoch 4 (both seeds)"
+    assert tables.format_best_epochs((30, 22, 27, 28, 25)) == "best at epoch 27 (median; range 22–30)"
+    assert tables.format_best_epochs((2, 3)) == "best at epoch 2.5 (median; range 2–3)"
 
 
 def test_report_html_has_every_table_and_embeds_every_figure_escaped(tmp_path):
@@ -527,21 +552,23 @@ def test_report_of_a_finished_study_as_a_user_runs_it(tmp_path, finished_tiny_st
 def test_the_report_reads_the_optuna_storage_the_searcher_writes(tmp_path):
     from dataclasses import replace
 
-    from study.tune.stage import optuna_storage_url  # imports Ray: the report has its own copy of the rule
+    from study.planning.plan import optuna_storage_url
+    from study.tune import stage  # imports Ray
 
     storage, _ = search_study(tmp_path)
     plan = load_results(storage, "search").plan
     explicit = replace(plan, execution=replace(plan.execution, searcher=replace(
         plan.execution.searcher, storage=f"sqlite:///{tmp_path / 'elsewhere.db'}")))
-    for each in (plan, explicit):
-        assert report._optuna_storage_url(each, storage, "search") == optuna_storage_url(each, storage, "search")
+    assert stage.optuna_storage_url is optuna_storage_url  # the searcher and the report: one rule
+    assert optuna_storage_url(plan, storage, "search") == f"sqlite:///{storage.path('search', 'optuna.db')}"
+    assert optuna_storage_url(explicit, storage, "search") == f"sqlite:///{tmp_path / 'elsewhere.db'}"
 
 
 @pytest.mark.slow  # a second interpreter importing torch: seconds, like the end-to-end tests
 def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_path, pets_root):
-    """`python -m study.predictions`, the process that predicts masks while a report draws: the same masks as
+    """`python -m study.analysis.predictions`, the process that predicts masks while a report draws: the same masks as
     in-process, and a trial whose weights are gone answered with the error that names the file."""
-    from study.predictions import _json_safe, predict_masks
+    from study.analysis.predictions import _json_safe, predict_masks
 
     storage = masks_study(tmp_path, pets_root, rows=1)
     trials = load_results(storage, "masks").trials
@@ -549,7 +576,7 @@ def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_pa
     gone = trials[trials["trial_key"] == "c0-s1"].iloc[0].to_dict()
     Path(gone["weights_best"]).unlink()
     request = {"count": 3, "which": "best", "folder": str(tmp_path), "trials": [_json_safe(good), _json_safe(gone)]}
-    done = subprocess.run([sys.executable, "-m", "study.predictions"], input=json.dumps(request), text=True,
+    done = subprocess.run([sys.executable, "-m", "study.analysis.predictions"], input=json.dumps(request), text=True,
                           capture_output=True, timeout=300, env=study_env(storage))
     assert done.returncode == 0, done.stderr
     first, second = (json.loads(line) for line in done.stdout.splitlines())
@@ -564,7 +591,7 @@ def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_pa
 def test_pretraining_reused_from_an_earlier_study_is_named_with_its_setup_and_curves(tmp_path):
     from dataclasses import replace
 
-    from study.plan import PLAN_FILE, PretrainJob
+    from study.planning.plan import PLAN_FILE, PretrainJob
     from study.storage import ARTIFACTS
     from trainables.config import TrainConfig
 

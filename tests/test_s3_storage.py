@@ -13,7 +13,7 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pytest
 
-from study.results import load_results
+from study.reading.results import load_results
 from study.storage import Storage
 from tests.study_helpers import TEST_SPECS, crash_driver_when, moto_server, run_study_cli, start_study_cli
 

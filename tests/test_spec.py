@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from study.errors import SpecError
-from study.plan import make_plan
-from study.spec import load_spec, spec_from_dict
+from study.planning.plan import make_plan
+from study.planning.spec import load_spec, spec_from_dict
 
 SPECS = Path(__file__).resolve().parents[1] / "search_spaces"
 

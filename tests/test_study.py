@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from study.results import load_results
+from study.reading.results import load_results
 from study.storage import Storage
 from tests.study_helpers import SPECS, TEST_SPECS, free_port, kill_group, run_study_cli, study_env, wait_for
 from trainables.checkpoint import ENCODER_FILE, load_weights

@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from study.errors import SpecError, StudyError
-from study.plan import Plan, PlanError, make_plan
-from study.spec import TrackingSpec, load_spec
+from study.planning.plan import Plan, PlanError, make_plan
+from study.planning.spec import TrackingSpec, load_spec
 from tests.study_helpers import (
     TEST_SPECS,
     crash_driver_when,

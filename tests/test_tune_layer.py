@@ -1,4 +1,4 @@
-"""The one place that reads Tune's own files (study/tune/experiment_state.py), checked on a real stage folder.
+"""The one place that reads Tune's own files (study/folder/tune_state.py), checked on a real stage folder.
 
 If a Ray upgrade changes the experiment state's format, these fail loudly instead of the
 record silently losing what it reads from there.
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from study.folder.tune_state import STATE_FILE_PATTERN, TuneStateError, error_message, trial_statuses
 from study.storage import Storage
-from study.tune.experiment_state import STATE_FILE_PATTERN, TuneStateError, error_message, trial_statuses
 
 
 def test_statuses_of_a_finished_stage(finished_tiny_study):
@@ -159,7 +159,7 @@ def test_tracking_callbacks_pickle_their_settings_only():
     """Tune pickles callbacks into the experiment (tuner.pkl); `study resume` unpickles them in a new driver."""
     import pickle
 
-    from study.spec import MLflowSpec, TrackingSpec, WandbSpec
+    from study.planning.spec import MLflowSpec, TrackingSpec, WandbSpec
     from study.tune.tracking import TrialFacts, tracking_callbacks
     from trainables.trial import StudyContext
 
@@ -221,8 +221,8 @@ def test_a_trial_that_ended_under_an_earlier_driver_is_told_by_its_checkpoint(fi
 
     from ray.tune import ExperimentAnalysis
 
-    from study.events import EVENTS_FILE, EventLog
-    from study.record import TrialState
+    from study.folder.events import EVENTS_FILE, EventLog
+    from study.planning.record import TrialState
     from study.tune.callback import StageTotals, StudyProgress, attach, ended_state, planned_epochs, trial_ended_state
 
     storage = tmp_path / "studies"

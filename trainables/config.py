@@ -5,7 +5,7 @@ run with the same fields, so the training loop has exactly one input type.
 Defaults are the seed report's protocol (FCN-ResNet50 section, Table 1).
 
 Every field carries its meaning in `metadata["doc"]`: study files, the trial record
-(study/record.py: one typed column per field) and the README's reference derive from here.
+(study/planning/record.py: one typed column per field) and the README's reference derive from here.
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrainConfig
+from trainables.step import autocast_context, train_step
 
 WARMUP_STEPS = 3
 
@@ -47,8 +48,6 @@ def graphed_train_step(config: TrainConfig, device: torch.device, model: nn.Modu
         print(f"warning: cuda_graphs is on but the device is {device.type}, not CUDA: the train step runs eagerly",
               file=sys.stderr, flush=True)
         return None
-    from trainables.engine import autocast_context
-
     return GraphedTrainStep(model, optimizer, criterion, autocast_context(config, device, cache_enabled=False),
                             config.batch_size, device)
 
@@ -83,8 +82,6 @@ class GraphedTrainStep:
         return self.outputs
 
     def eager(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from trainables.engine import train_step
-
         return train_step(self.model, self.optimizer, self.criterion, images, masks, self.autocast)
 
     def eager_on_side_stream(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,7 +14,6 @@ import random
 import signal
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,6 +29,7 @@ from trainables.errors import ConfigError
 from trainables.models import build_model
 from trainables.models.transfer import export_encoder_state, trainable_parameters
 from trainables.records import EpochRecord, format_record
+from trainables.step import autocast_context, train_step
 
 CHECKPOINT_VERSION = 2
 
@@ -102,10 +102,6 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def autocast_context(config: TrainConfig, device: torch.device, cache_enabled: bool = True):
-    """bf16 autocast as `amp` asks, or a null context. A CUDA graph capture needs cache_enabled=False."""
-    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
-    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled) if use_bf16 else nullcontext()
 
 
 def seed_everything(seed: int) -> None:
@@ -130,19 +126,6 @@ def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> tor
     return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, images: torch.Tensor,
-               masks: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimisation step on one batch: (the batch's mean loss, its predicted classes), both detached.
-
-    trainables/cuda_graphs.py captures this same function when `cuda_graphs` is on.
-    """
-    with autocast:
-        logits = model(images)
-        loss = criterion(logits.float(), masks)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    return loss.detach(), logits.detach().argmax(1)
 
 
 def train_one_epoch(

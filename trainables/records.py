@@ -2,7 +2,7 @@
 
 `fit` (engine.py) builds an `EpochRecord` per epoch; the Ray adapter reports it to Tune
 (result.json), `study train` writes it to metrics.jsonl, and the study's record
-(study/record.py) derives the columns of epochs.parquet from these fields.
+(study/planning/record.py) derives the columns of epochs.parquet from these fields.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ RESERVE = 15.0  # seconds kept at the end for gpu_run.* and summary.md
 MINIMUM = {"smoke": 60, "train_step": 45, "memory": 45, "study_wall": 90, "compile": 120}
 IMAGE_MODULES = ("torchvision", "numpy", "pandas", "pyarrow", "PIL")
 STUDY_MODULES = ("torch", "torchvision", "numpy", "pandas", "pyarrow", "PIL", "yaml", "ray", "ray.tune", "optuna",
-                 "cityscapesscripts.helpers.labels", "study.cli", "study.runner", "trainables.tune_adapter")
+                 "cityscapesscripts.helpers.labels", "study.cli", "study.running.runner", "trainables.tune_adapter")
 DRY_RUN_STUDY = ["configurations=[{name: segformer_scratch, arch: segformer_b0, pretrain: none}]", "tables=null",
                  "seeds=1", "train.epochs=1", "train.image_size=32", "train.batch_size=8", "resources.cpu=1",
                  "resources.gpu=0"]

@@ -25,7 +25,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from study.predictions import MAX_ROWS, Predictions
+from study.analysis.predictions import MAX_ROWS, Predictions
 from trainables.data.classes import IGNORE_INDEX, class_names, palette
 
 # Learning-curve figures: train and val of one metric on the same axes, so the gap can be read.

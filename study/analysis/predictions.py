@@ -1,7 +1,7 @@
 """Predicted masks for the report: each trial's model run once on the first validation images of its dataset.
 
 Importing torch and building the models is the largest part of a report's time. `Predictions.prefetch`
-hands the trials to a worker process (`python -m study.predictions`, a fresh interpreter: nothing of
+hands the trials to a worker process (`python -m study.analysis.predictions`, a fresh interpreter: nothing of
 the caller's `__main__` runs again, unlike multiprocessing's spawn) that lists the validation images
 and predicts while the report draws its other figures (listing a split imports torchvision, and with
 it torch). The worker answers each trial with a JSON line and an .npz file (read back with
@@ -64,7 +64,7 @@ class Predictions:
         # The caller's import path, as multiprocessing gives its children.
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if isinstance(p, str) and p)}
         try:
-            self._worker = subprocess.Popen([sys.executable, "-m", "study.predictions"], stdin=subprocess.PIPE,
+            self._worker = subprocess.Popen([sys.executable, "-m", "study.analysis.predictions"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, text=True, env=env)
             request = {"count": self.count, "which": "best", "folder": self._folder.name, "trials": list(todo.values())}
             self._worker.stdin.write(json.dumps(request))
@@ -120,7 +120,7 @@ def predict_masks(trial: dict, count: int, which: str = "best") -> Predicted:
     """One trial's model on the first `count` validation images of its dataset."""
     import torch
 
-    from study.models import load_trial_model
+    from study.models.load import load_trial_model
     from trainables.data.device import DeviceSplit
 
     # One thread: a few small images need no more, and beside the report drawing on the other core,

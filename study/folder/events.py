@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from study.record import TrialState
+from study.planning.record import TrialState
 
 EVENTS_FILE = "events.jsonl"
 FLUSH_SECONDS = 5.0

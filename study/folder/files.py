@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 
 from study.errors import StudyError
-from study.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, sha256
-from study.record import StudyState
+from study.planning.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, sha256
+from study.planning.record import StudyState
 from study.storage import Storage
 
 STUDY_FILE = "study.json"

@@ -20,7 +20,8 @@ import warnings
 from pathlib import Path
 
 from study.errors import StudyError
-from study.models import WHICH_DOC, StudyModel, load_study_model
+from study.models.checkpoints import WHICH_DOC
+from study.models.load import StudyModel, load_study_model
 
 SUFFIX = ".pt2"
 FORMAT = "segstudy exported model 1"
@@ -88,7 +89,7 @@ def export_program(model: StudyModel):
 
 
 def sidecar(model: StudyModel, pt2: Path, weights: Path) -> dict:
-    from study.plan import package_versions
+    from study.planning.plan import package_versions
 
     height, width = model.input_size
     return {
@@ -131,7 +132,7 @@ def save_program(program, path) -> None:
 
 def export_model(storage, name: str, out, *, trial: str | None = None, which: str = "best") -> tuple[list[Path], list]:
     """Write FILE.pt2, FILE.json and FILE.safetensors; returns (paths, notes)."""
-    from study.results import load_results
+    from study.reading.results import load_results
     from trainables.checkpoint import save_weights
 
     pt2, json_path, weights_path = export_paths(out)

@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from study.errors import StudyError
-from study.models import WHICH_DOC, StudyModel, load_study_model
+from study.models.checkpoints import WHICH_DOC
+from study.models.load import StudyModel, load_study_model
 from trainables.errors import DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -110,7 +111,7 @@ def predict_study(storage, name: str, images: list[str], out, *, trial: str | No
     Images that cannot be read (or whose ground truth cannot) are named on `log` and skipped; a
     StudyError at the end names them, after everything else has been written.
     """
-    from study.results import load_results
+    from study.reading.results import load_results
     from trainables.engine import resolve_device
 
     log = log or (lambda text: print(text, file=sys.stderr, flush=True))

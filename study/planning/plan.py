@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from study.errors import StudyError
-from study.spec import RowSpec, StudySpec, TableSpec, TrackingSpec
+from study.planning.spec import RowSpec, StudySpec, TableSpec, TrackingSpec
 from trainables.trial import variant_label
 
 PLAN_FILE = "plan.json"
@@ -252,3 +252,11 @@ def package_versions() -> dict[str, str]:
         except package_metadata.PackageNotFoundError:
             versions[package] = "unknown"
     return versions
+
+
+def optuna_storage_url(plan: Plan, storage, name: str) -> str | None:
+    """Where a search's Optuna study lives: the study file's `searcher.storage`, else an SQLite file in a local
+    study folder (`<study>/optuna.db`), else None (in memory). `storage` is the study's Storage."""
+    if plan.execution.searcher.storage is None and storage is not None and storage.is_local:
+        return f"sqlite:///{storage.path(name, 'optuna.db')}"
+    return plan.execution.searcher.storage

@@ -5,7 +5,7 @@ One place. A trial's columns are its identity, one typed column per `TrainConfig
 achieved, and where and how it ran. An epoch's columns are the `EpochRecord` fields
 (trainables/records.py). The results loader builds its frames with `typed_frame`, export
 writes these types to Parquet, table rows match on `MATCHABLE`, and tests take their
-fixtures from here; `python -m study.record` prints the reference tables of the README.
+fixtures from here; `python -m study.planning.record` prints the reference tables of the README.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from study.plan import Plan
-from study.record import ENDED
+from study.planning.plan import Plan
+from study.planning.record import ENDED
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
     trials.parquet   one row per trial (every stage, every status, pending included)
     epochs.parquet   one row per trial and reported epoch
 
-Both frames come typed from the shared results loader (the record's columns: study/record.py),
+Both frames come typed from the shared results loader (the record's columns: study/planning/record.py),
 so a column's type never depends on the data. Each file is written to a temporary file beside
 it, fsynced and renamed over the old one: an interrupted export leaves the previous file or
 none, never a partial one.
@@ -22,9 +22,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from study.plan import package_versions
-from study.record import BOOL, EPOCH_COLUMNS, FLOAT, INT, STRING, TRIAL_COLUMNS, iou_columns
-from study.results import StudyResults, load_results
+from study.planning.plan import package_versions
+from study.planning.record import BOOL, EPOCH_COLUMNS, FLOAT, INT, STRING, TRIAL_COLUMNS, iou_columns
+from study.reading.results import StudyResults, load_results
 from study.storage import Storage
 from trainables.data.classes import NUM_CLASSES, class_names
 

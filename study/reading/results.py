@@ -20,11 +20,12 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from study.errors import StudyError
-from study.events import EVENTS_FILE, TrialView, replay
-from study.folder import read_plan, read_study_file, spec_copy_notes
-from study.lock import driver_alive
-from study.plan import Plan
-from study.record import (
+from study.folder.events import EVENTS_FILE, TrialView, replay
+from study.folder.files import read_plan, read_study_file, spec_copy_notes
+from study.folder.lock import driver_alive
+from study.folder.tune_state import STATE_FILE_PATTERN, TuneStateError, error_message, trial_statuses
+from study.planning.plan import Plan
+from study.planning.record import (
     EPOCH_COLUMNS,
     IOU_PREFIX,
     STAGES,
@@ -37,7 +38,6 @@ from study.record import (
     typed_frame,
 )
 from study.storage import ARTIFACTS, Storage
-from study.tune.experiment_state import STATE_FILE_PATTERN, TuneStateError, error_message, trial_statuses
 from trainables.checkpoint import (
     BEST_WEIGHTS,
     FINAL,
@@ -64,7 +64,7 @@ class StudyResults:
 
     name: str
     plan: Plan
-    rows: list  # one dict per trial, keyed by the columns of study.record.TRIAL_COLUMNS, sorted by stage and key
+    rows: list  # one dict per trial, keyed by study.planning.record.TRIAL_COLUMNS, sorted by stage and key
     epoch_rows: list  # one dict per trial and epoch
     iou_count: int  # val_iou_0 ... val_iou_{K-1}
     state: StudyState
@@ -75,12 +75,12 @@ class StudyResults:
 
     @cached_property
     def trials(self):
-        """study.record.TRIAL_COLUMNS, typed."""
+        """study.planning.record.TRIAL_COLUMNS, typed."""
         return typed_frame(self.rows, TRIAL_COLUMNS)
 
     @cached_property
     def epochs(self):
-        """study.record.EPOCH_COLUMNS, then val_iou_0 ... val_iou_{K-1}, typed."""
+        """study.planning.record.EPOCH_COLUMNS, then val_iou_0 ... val_iou_{K-1}, typed."""
         return typed_frame(self.epoch_rows, EPOCH_COLUMNS + iou_columns(self.iou_count))
 
 
@@ -131,7 +131,7 @@ def study_state(plan: Plan, rows: list[dict], study_file: dict, driver: dict | N
     recorded = study_file.get("state")
     if recorded == StudyState.PLANNED.value or (recorded is None and all(r.get("trial_id") is None for r in rows)):
         return StudyState.PLANNED
-    from study.audit import audit_study
+    from study.reading.audit import audit_study
 
     if audit_study(plan, rows).complete:
         return StudyState.FINISHED

@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-from study.record import Stage, TrialState
-from study.results import StudyResults, load_results
+from study.planning.record import Stage, TrialState
+from study.reading.results import StudyResults, load_results
 from study.storage import Storage
 
 
@@ -43,9 +43,9 @@ def _finite(value) -> bool:
 
 def listed_state(storage: Storage, name: str) -> str:
     """A study's state for `study list`, quickly: the lock and study.json (not the whole record)."""
-    from study.folder import read_study_file
-    from study.lock import driver_alive
-    from study.record import StudyState
+    from study.folder.files import read_study_file
+    from study.folder.lock import driver_alive
+    from study.planning.record import StudyState
 
     if driver_alive(storage, name) is not None:
         return StudyState.RUNNING.value

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from study.plan import DatasetPlan, Plan
+from study.planning.plan import DatasetPlan, Plan
 from trainables.data import SPLITS, load_split, synth_dataset
 
 

@@ -14,17 +14,26 @@ import socket
 import sys
 import time
 
-from study.audit import Audit, audit_study
-from study.datasets import build_caches, generate_missing_datasets
 from study.errors import StudyError
-from study.events import EventLog
-from study.folder import read_plan, read_study_file, spec_copy_notes, write_study_file
-from study.lock import study_lock
+from study.folder.events import EventLog
+from study.folder.files import read_plan, read_study_file, spec_copy_notes, write_study_file
+from study.folder.lock import study_lock
 from study.names import check_name
-from study.plan import PLAN_FILE, SPEC_FILE, Plan, PlanError, PretrainJob, datasets_of, make_plan, plan_tracking
-from study.record import ENDED, Stage, StudyState, TrialState
-from study.results import StudyResults, load_results
-from study.spec import StudySpec, loads
+from study.planning.plan import (
+    PLAN_FILE,
+    SPEC_FILE,
+    Plan,
+    PlanError,
+    PretrainJob,
+    datasets_of,
+    make_plan,
+    plan_tracking,
+)
+from study.planning.record import ENDED, Stage, StudyState, TrialState
+from study.planning.spec import StudySpec, loads
+from study.reading.audit import Audit, audit_study
+from study.reading.results import StudyResults, load_results
+from study.running.datasets import build_caches, generate_missing_datasets
 from study.storage import ARTIFACTS, Storage, read_text_at
 from trainables.checkpoint import ENCODER_FILE, FINAL_WEIGHTS, STATE_FILE, TRIAL_FILE, parse_trial_json
 from trainables.data import dataset_fingerprint

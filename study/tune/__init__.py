@@ -5,8 +5,8 @@
 - tracking.py          MLflow, W&B and TensorBoard through Tune's logger callbacks (the study file's `tracking:`)
 - trial_files.py       a trial's folder (the one reach into Tune's Trial for it) and the records its checkpoints hold
 - searcher.py          Optuna as Tune's searcher, and the Optuna study rebuilt from the study's record
-- experiment_state.py  what Tune wrote in a stage folder (its experiment state, error.txt), read as
-                       plain JSON and text without importing Ray or unpickling anything
+- pickle_guard.py      Tune's saved pickles checked before a restore hands them back to Tune
 
-Importing this package imports nothing of Ray; `study status` reads experiment_state.py only.
+What Tune wrote in a stage folder is read without Ray by study/folder/tune_state.py. This room belongs to
+running (study/running/): importing the package imports nothing of Ray.
 """

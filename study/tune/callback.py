@@ -1,6 +1,6 @@
-"""The driver's Tune callback: progress in the terminal, and the study's event log (study/events.py).
+"""The driver's Tune callback: progress in the terminal, and the study's event log (study/folder/events.py).
 
-Progress, per stage, in the project's words (study/record.py TrialState):
+Progress, per stage, in the project's words (study/planning/record.py TrialState):
 - each event on its own line: a trial started (what it is: configuration or variant, lr), its
   validations with the best so far, how it ended;
 - a summary: done/total by state, running, best so far with its trial, elapsed and ETA. On a
@@ -27,9 +27,9 @@ from pathlib import Path
 
 from ray import tune
 
-from study.events import COMPLETE, ERROR, RECOVER, RESULT, START, EventLog
-from study.record import TrialState
-from study.tune.experiment_state import error_message
+from study.folder.events import COMPLETE, ERROR, RECOVER, RESULT, START, EventLog
+from study.folder.tune_state import error_message
+from study.planning.record import TrialState
 from study.tune.trial_files import saved_records
 from trainables.trial import trial_dirname
 
@@ -65,7 +65,7 @@ def planned_epochs(trial, default: int | None = None) -> int | None:
 
 
 def trial_state(trial, planned: int | None) -> TrialState:
-    """A Tune trial's state in the project's words (study/record.py), from Tune's status and its last result."""
+    """A Tune trial's state in the record's words (study/planning/record.py), from Tune's status and its last result."""
     status = trial.status
     if status == "ERROR":
         return TrialState.ERRORED

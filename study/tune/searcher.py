@@ -64,8 +64,8 @@ CATEGORICAL_SETTINGS = ("arch", "pretrain", "freeze", "segformer_stem")
 def searched_trials(plan, trials, epochs) -> list[dict]:
     """Each ended trial of the sweep, from the study's record (results.trials and results.epochs), as the
     rebuilt Optuna study records it: its settings, how it ended, its final value and its value per epoch."""
-    from study.record import ENDED
-    from study.results import ABANDONED
+    from study.planning.record import ENDED
+    from study.reading.results import ABANDONED
 
     metric = plan.execution.scheduler.metric
     labels = plan.search.labels

@@ -13,8 +13,8 @@ import re
 import sys
 
 from study.errors import StudyError
-from study.events import EventLog
-from study.plan import Plan, SearchPlan
+from study.folder.events import EventLog
+from study.planning.plan import Plan, SearchPlan, optuna_storage_url
 from study.storage import Storage
 from study.tune.callback import StageTotals, StudyProgress, attach
 from study.tune.pickle_guard import check_stage_folder
@@ -161,8 +161,8 @@ def stopped_trials(storage: Storage, name: str, stage: str) -> tuple[str, ...]:
     """Trial keys of the stage that the scheduler stopped early, as the study's record says. Tune's experiment
     state is saved periodically: a trial stopped after its last save is RUNNING there, and a restore would
     train it on from its checkpoint against the scheduler's decision."""
-    from study.record import TrialState
-    from study.results import load_results
+    from study.planning.record import TrialState
+    from study.reading.results import load_results
 
     return tuple(sorted(row["trial_key"] for row in load_results(storage, name).rows
                         if row["stage"] == stage and row["status"] == TrialState.EARLY_STOPPED.value))
@@ -359,13 +359,6 @@ def make_optuna_search(plan: Plan, search: SearchPlan, storage: Storage, name: s
         space=variant_space(search), metric=plan.execution.scheduler.metric, mode=plan.execution.scheduler.mode,
         sampler=sampler, study_name=name, storage=optuna.storages.RDBStorage(url) if url else None,
     )
-
-
-def optuna_storage_url(plan: Plan, storage: Storage, name: str) -> str | None:
-    """The study file's Optuna storage, else an SQLite file in a local study folder (else in memory)."""
-    if plan.execution.searcher.storage is None and storage.is_local:
-        return f"sqlite:///{storage.path(name, 'optuna.db')}"
-    return plan.execution.searcher.storage
 
 
 def variant_space(search: SearchPlan):

@@ -48,7 +48,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 from ray.tune.logger import TBXLoggerCallback
 
 from study.errors import StudyError
-from study.spec import TrackingSpec
+from study.planning.spec import TrackingSpec
 from study.tune.callback import trial_ended_state
 from study.tune.trial_files import local_trial_folder, saved_records
 from trainables.records import FIELDS as RECORD_FIELDS

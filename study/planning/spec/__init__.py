@@ -102,9 +102,9 @@ from typing import Any
 import yaml
 
 from study.errors import SpecError
-from study.spec._overrides import _apply_overrides
-from study.spec._problems import _kind, _Problems
-from study.spec._schema import (
+from study.planning.spec._overrides import _apply_overrides
+from study.planning.spec._problems import _kind, _Problems
+from study.planning.spec._schema import (
     DEFAULTS,
     MATCH_COLUMNS,
     MAX_TRIALS,
@@ -124,7 +124,7 @@ from study.spec._schema import (
     TrackingSpec,
     WandbSpec,
 )
-from study.spec._validate import _validate
+from study.planning.spec._validate import _validate
 
 # A study file is a page of settings: these limits stop huge documents and YAML alias bombs
 # (a few lines that expand to billions of nodes) before they are built.

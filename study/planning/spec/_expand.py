@@ -7,9 +7,9 @@ import json
 from typing import Any
 
 from study.names import is_name
-from study.record import same_value
-from study.spec._problems import _Problems, _suggest
-from study.spec._schema import BUILTIN_PRETRAIN, DEFAULTS, Configuration, PretrainSpec
+from study.planning.record import same_value
+from study.planning.spec._problems import _Problems, _suggest
+from study.planning.spec._schema import BUILTIN_PRETRAIN, DEFAULTS, Configuration, PretrainSpec
 from trainables.config import TrainConfig
 from trainables.errors import ConfigError
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import yaml
 
 from study.names import NAME  # noqa: F401 (re-exported: the name rule of study files)
-from study.record import MATCHABLE
+from study.planning.record import MATCHABLE
 from trainables.config import CHOICES, FIELDS, TrainConfig  # noqa: F401 (CHOICES: re-exported)
 
 TOP_KEYS = ("name", "description", "datasets", "train", "configurations", "space", "exclude", "seeds", "searcher",
@@ -27,8 +27,8 @@ WANDB_MODES = ("online", "offline")
 ROW_KEYS = ("label", "match")
 TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou", "best_val_miou")
 DEFAULT_TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou")
-# The trial columns of study/results.py that a table row may match on.
-# The trial columns (study/record.py) that a table row may match on.
+# The trial columns of study/reading/results.py that a table row may match on.
+# The trial columns (study/planning/record.py) that a table row may match on.
 MATCH_COLUMNS = tuple(MATCHABLE)
 STAGES = ("main", "pretrain")
 BUILTIN_PRETRAIN = ("none", "imagenet")

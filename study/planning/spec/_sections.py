@@ -7,8 +7,8 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from study.spec._problems import _is_int, _join, _kind, _number_or_none, _Problems
-from study.spec._schema import (
+from study.planning.spec._problems import _is_int, _join, _kind, _number_or_none, _Problems
+from study.planning.spec._schema import (
     BUILTIN_PRETRAIN,
     CHOICES,
     DATASET_KEYS,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from study.record import BOOL, FLOAT, INT, MATCH_CHOICES, MATCHABLE, same_value, setting_values
-from study.spec._expand import _complete
-from study.spec._problems import _kind, _Problems
-from study.spec._schema import (
+from study.planning.record import BOOL, FLOAT, INT, MATCH_CHOICES, MATCHABLE, same_value, setting_values
+from study.planning.spec._expand import _complete
+from study.planning.spec._problems import _kind, _Problems
+from study.planning.spec._schema import (
     DEFAULT_TABLE_COLUMNS,
     MATCH_COLUMNS,
     ROW_KEYS,
@@ -81,7 +81,7 @@ def _tables(value: Any, configurations: list, variants: list, float_dims: dict, 
 
 
 def _match(mapping: dict, path: str, problems: _Problems) -> dict:
-    """The row's match, each value typed as its record column (study/record.py)."""
+    """The row's match, each value typed as its record column (study/planning/record.py)."""
     problems.known_keys(mapping, MATCH_COLUMNS, path)
     if not mapping:
         problems.add(path, f"expected at least one of {list(MATCH_COLUMNS)}")

@@ -6,9 +6,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from study.spec._expand import _check_declared, _complete, _expand_grid, _expand_search, _pretraining_jobs
-from study.spec._problems import _kind, _Problems
-from study.spec._schema import (
+from study.planning.spec._expand import _check_declared, _complete, _expand_grid, _expand_search, _pretraining_jobs
+from study.planning.spec._problems import _kind, _Problems
+from study.planning.spec._schema import (
     MAX_CONCURRENT,
     MAX_FAILURES,
     MAX_TRIALS,
@@ -17,7 +17,7 @@ from study.spec._schema import (
     TRIAL_SETTINGS,
     StudySpec,
 )
-from study.spec._sections import (
+from study.planning.spec._sections import (
     _configurations,
     _datasets,
     _excludes,
@@ -30,7 +30,7 @@ from study.spec._sections import (
     _space,
     _tracking,
 )
-from study.spec._tables import _tables
+from study.planning.spec._tables import _tables
 
 
 def _validate(raw: dict, problems: _Problems, environ: Mapping[str, str], overrides: tuple,

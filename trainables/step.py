@@ -1,0 +1,35 @@
+"""One optimisation step on one batch, and the autocast it runs under.
+
+The eager training loop (engine.py) runs `train_step`; the CUDA-graph step (cuda_graphs.py) captures
+the same function, so both modes do the same arithmetic.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import torch
+from torch import nn
+
+from trainables.config import TrainConfig
+
+
+def autocast_context(config: TrainConfig, device: torch.device, cache_enabled: bool = True):
+    """bf16 autocast as `amp` asks, or a null context. A CUDA graph capture needs cache_enabled=False."""
+    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled) if use_bf16 else nullcontext()
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn.Module, images: torch.Tensor,
+               masks: torch.Tensor, autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on one batch: (the batch's mean loss, its predicted classes), both detached.
+
+    trainables/cuda_graphs.py captures this same function when `cuda_graphs` is on.
+    """
+    with autocast:
+        logits = model(images)
+        loss = criterion(logits.float(), masks)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach().argmax(1)
