@@ -55,9 +55,9 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
     from trainables import cuda_graphs, metrics
     from trainables.config import TrainConfig
     from trainables.engine import make_optimizer, seed_everything, train_one_epoch
-    from trainables.step import autocast_context
     from trainables.models import build_model
     from trainables.models.transfer import trainable_parameters
+    from trainables.step import autocast_context
 
     fast = variant != "fp32"
     graphs = variant == "fast+graphs"

@@ -17,7 +17,7 @@ import sys
 from study import signals
 from study.errors import StudyError
 from study.planning.spec import MAX_TRIALS
-from trainables.config import ARCHS, CHOICES, DATASETS, TrainConfig
+from trainables.config import CHOICES, PRESET_CLASSES, TrainConfig
 from trainables.errors import TrainablesError
 
 DEFAULT = TrainConfig()
@@ -167,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="the program; FILE.json and FILE.safetensors are written beside it")
 
     train = command("train", cmd_train, "one training run outside Ray, written to --out")
-    train.add_argument("--arch", default=DEFAULT.arch, choices=ARCHS)
-    train.add_argument("--dataset", default=DEFAULT.dataset, choices=DATASETS)
+    train.add_argument("--arch", default=DEFAULT.arch,
+                       help="an architecture (fcn_resnet50, segformer_b0, ...; see README) or module:function")
+    train.add_argument("--dataset", default=DEFAULT.dataset, choices=tuple(PRESET_CLASSES))
     train.add_argument("--data-root", required=True)
     train.add_argument("--epochs", type=int, default=DEFAULT.epochs)
     train.add_argument("--batch-size", type=int, default=DEFAULT.batch_size)
@@ -195,14 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     data = data_parser.add_subparsers(metavar="ACTION", parser_class=Parser)
     synth = data.add_parser("synth", help="write a generated dataset in the real dataset's on-disk layout")
     synth.set_defaults(handler=cmd_data_synth)
-    synth.add_argument("dataset", choices=DATASETS)
+    synth.add_argument("dataset", choices=("pets", "cityscapes"))
     synth.add_argument("--root", required=True)
     synth.add_argument("--train", type=int, default=64)
     synth.add_argument("--val", type=int, default=32)
     synth.add_argument("--seed", type=int, default=0)
     check = data.add_parser("check", help="validate a dataset tree and count pixels per class")
     check.set_defaults(handler=cmd_data_check)
-    check.add_argument("dataset", choices=DATASETS)
+    check.add_argument("dataset", choices=("pets", "cityscapes"))
     check.add_argument("--root", required=True)
     check.add_argument("--image-size", type=int, nargs="+", default=[64], metavar="N", help="N or H W")
     check.add_argument("--json", action="store_true", help="print exactly one JSON object")

@@ -22,6 +22,7 @@ from study.cli import main
 from study.errors import StudyError
 from tests.study_helpers import free_port, moto_server
 from trainables.data import synth_dataset
+from trainables.models import known_archs
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
@@ -195,7 +196,7 @@ def rename_key(mapping: dict, old: str, new: str) -> None:
 
 def empty_space(raw: dict) -> None:
     del raw["configurations"], raw["tables"]
-    raw["space"] = {"arch": {"grid": ["segformer_b0"]}, "pretrain": {"grid": ["imagenet"]}}
+    raw["space"] = {"arch": {"grid": ["segformer_b0"]}, "pretrain": {"grid": ["coco"]}}
 
 
 SPEC_CASES = {
@@ -216,19 +217,21 @@ SPEC_CASES = {
         ["study.yaml: train.lr: expected a number > 0, got -0.001"]),
     "unknown architecture": (
         lambda raw: raw["configurations"][0].update(arch="unet"),
-        ["study.yaml: configurations[0].arch: expected one of ['fcn_resnet50', 'segformer_b0'], got 'unet'"]),
+        ["study.yaml: configurations[0].arch: ", "expected one of ['segformer_b0', ", "'fcn_resnet50', ",
+         "or a model factory module:function, got 'unet'"]),
     "architecture x pretraining": (
-        lambda raw: raw["configurations"][1].update(pretrain="imagenet"),
-        ["study.yaml: configurations[1].pretrain: configuration 'segformer_scratch': pretrain 'imagenet' has "
-         "weights only for fcn_resnet50, not segformer_b0"]),
+        lambda raw: raw["configurations"][1].update(pretrain="coco"),
+        ["study.yaml: configurations[1].pretrain: configuration 'segformer_scratch': no 'coco' weights exist for "
+         "segformer_b0 (the segformer family has: imagenet)"]),
     "empty search space": (
         empty_space,
-        ["study.yaml: space: empty search space: nothing left to run (1 dropped: pretrain 'imagenet' has weights "
-         "only for fcn_resnet50, not segformer_b0)"]),
+        ["study.yaml: space: empty search space: nothing left to run (1 dropped: no 'coco' weights exist for "
+         "segformer_b0 (the segformer family has: imagenet))"]),
     "pretraining source without a job": (
         lambda raw: raw.pop("pretraining"),
         ["study.yaml: configurations[2].pretrain: configuration 'segformer_cityscapes_finetune': pretrain "
-         "'cityscapes' is not 'none', 'imagenet' or a source declared under pretraining (declared: [])",
+         "'cityscapes' is not 'none', 'imagenet', 'coco', a weights file or a source declared under pretraining "
+         "(declared: [])",
          "declare its job: `pretraining: {cityscapes: {dataset: ...}}`",
          "configurations[4].pretrain"]),
 }
@@ -376,8 +379,9 @@ def test_installed_command_prints_one_line_without_traceback(tmp_path):
     spec = write_spec(tmp_path, edited(lambda raw: raw["configurations"][0].update(arch="unet")))
     process = run_installed("run", str(spec), "--storage", str(tmp_path / "studies"))
     assert process.returncode == 2
-    assert process.stderr == (f"error: {spec}: configurations[0].arch: expected one of ['fcn_resnet50', "
-                              f"'segformer_b0'], got 'unet'\n")
+    name = edited(lambda raw: None)["configurations"][0]["name"]
+    assert process.stderr == (f"error: {spec}: configurations[0].arch: configuration {name!r}: expected one of "
+                              f"{list(known_archs())} or a model factory module:function, got 'unet'\n")
 
 
 def test_debug_shows_the_traceback(capsys, tmp_path):

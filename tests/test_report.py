@@ -591,14 +591,15 @@ def test_the_prediction_worker_answers_as_the_report_would_predict_itself(tmp_pa
 def test_pretraining_reused_from_an_earlier_study_is_named_with_its_setup_and_curves(tmp_path):
     from dataclasses import replace
 
-    from study.planning.plan import PLAN_FILE, PretrainJob
+    from study.planning.plan import PLAN_FILE, PretrainJob, job_trial_key
     from study.storage import ARTIFACTS
     from trainables.config import TrainConfig
 
     storage, _ = fcn_study(tmp_path)
     config = TrainConfig(arch="segformer_b0", dataset="cityscapes", data_root="/data/cityscapes", epochs=4,
                          batch_size=8, image_size=(32, 64), lr=5e-4, export_encoder="best").to_dict()
-    job = PretrainJob(source="cityscapes", key="0123456789abcdef", config=config)
+    job = PretrainJob(source="cityscapes", key="0123456789abcdef", config=config,
+                      trial_key=job_trial_key("cityscapes", "0123456789abcdef", config))
     plan = Plan.from_json(storage.read_text("fcn", PLAN_FILE), PLAN_FILE)
     storage.write_text(replace(plan, pretrain_jobs=[job]).to_json(), "fcn", PLAN_FILE)
     records = epoch_records(fake_trial("pretrain", 0, [0.30, 0.25]))  # best validated epoch: 2

@@ -66,7 +66,7 @@ def test_report_plans_six_configurations_times_three_seeds_after_one_pretraining
     assert (job.config["epochs"], job.config["batch_size"], job.config["optimizer"], job.config["scheduler"]) == (
         31, 64, "adamw", "exponential")
     assert job.config["export_encoder"] == "last" and job.config["seed"] == 0
-    assert plan.job_for("cityscapes", "segformer_b0", "paper") == job
+    assert plan.job_for("cityscapes", {"arch": "segformer_b0", "segformer_stem": "paper"}) == job
     assert Path(job.config["data_root"]).is_absolute()
 
 
@@ -119,7 +119,7 @@ def test_search_offers_only_valid_variants_and_one_pretraining_job_per_stem():
     assert plan.search.base_config["epochs"] == 30 and plan.search.base_config["image_size"] == [64, 64]
     assert sorted(job.config["segformer_stem"] for job in plan.pretrain_jobs) == ["paper", "small_input"]
     assert len({job.key for job in plan.pretrain_jobs}) == 2
-    assert any("imagenet" in why for why in plan.dropped)
+    assert any("excluded by `exclude`" in why for why in plan.dropped)  # SegFormer x ImageNet, as the seed
 
 
 def test_smoke_search_is_segformer_only():
@@ -234,13 +234,13 @@ def test_unknown_keys_suggest_the_closest_known_one():
     ("tables.0.rows.0.match", {"colour": "red"}, "tables[0].rows[0].match.colour: unknown key; expected one of "
                                                  "['trial_key', 'stage', 'config_name', 'status', 'arch', "),
     ("tables.0.rows.0.match", {"batch_size": "big"}, "tables[0].rows[0].match.batch_size: expected an integer"),
-    ("tables.0.rows.0.match", {"optimizer": "sgd"}, "tables[0].rows[0].match.optimizer: expected one of "
-                                                    "['adamw', 'adam'], got 'sgd'"),
+    ("tables.0.rows.0.match", {"optimizer": "rmsprop"}, "tables[0].rows[0].match.optimizer: expected one of "
+                                                        "['adamw', 'adam', 'sgd'], got 'rmsprop'"),
     ("tables.0.rows.0.match", {"config_name": "nope"},
      "tables[0].rows[0].match: {'config_name': 'nope'} matches no trial of this study"),
     ("datasets.kitti", {"root": "x"}, "datasets.kitti: expected one of ['pets', 'cityscapes'], got 'kitti'"),
-    ("train.dataset", "cityscape", "train.dataset: expected one of ['pets', 'cityscapes'], got 'cityscape'; "
-                                   "did you mean 'cityscapes'?"),
+    ("train.dataset", "cityscape", "train.dataset: 'cityscape' is not declared under datasets (declared: "
+                                   "['cityscapes', 'pets']); did you mean 'cityscapes'?"),
     ("pretraining.cityscapes.export_encoder", "none", "pretraining.cityscapes.export_encoder: expected last or best"),
     ("space", {"lr": {"loguniform": [1e-4, 1e-3]}}, "space.lr.loguniform: loguniform needs a searcher "
                                                     "(searcher.type: optuna)"),
@@ -251,13 +251,14 @@ def test_a_wrong_value_names_its_key_path_and_what_was_expected(path, value, exp
 
 def test_unknown_architecture():
     message = error_of(set_path(smoke(), "configurations.0.arch", "unet"))
-    assert "study.yaml: configurations[0].arch: expected one of ['fcn_resnet50', 'segformer_b0'], got 'unet'" in message
+    assert "study.yaml: configurations[0].arch: configuration 'fcn_scratch': expected one of [" in message
+    assert "'fcn_resnet50', " in message and "or a model factory module:function, got 'unet'" in message
 
 
-def test_segformer_with_imagenet_weights_is_an_error_for_an_explicit_configuration():
-    message = error_of(set_path(smoke(), "configurations.1.pretrain", "imagenet"))  # segformer_scratch
-    assert ("configurations[1].pretrain: configuration 'segformer_scratch': pretrain 'imagenet' has weights only "
-            "for fcn_resnet50, not segformer_b0") in message
+def test_segformer_with_coco_weights_is_an_error_for_an_explicit_configuration():
+    message = error_of(set_path(smoke(), "configurations.1.pretrain", "coco"))  # segformer_scratch
+    assert ("configurations[1].pretrain: configuration 'segformer_scratch': no 'coco' weights exist for segformer_b0 "
+            "(the segformer family has: imagenet)") in message
 
 
 def test_freezing_without_a_pretrained_encoder_is_an_error():
@@ -270,7 +271,8 @@ def test_a_pretrain_source_without_a_pretraining_job():
     del raw["pretraining"]
     message = error_of(raw)
     assert ("configurations[2].pretrain: configuration 'segformer_cityscapes_finetune': pretrain 'cityscapes' is not "
-            "'none', 'imagenet' or a source declared under pretraining (declared: [])") in message
+            "'none', 'imagenet', 'coco', a weights file or a source declared under pretraining (declared: [])"
+            ) in message
     raw = set_path(smoke(), "configurations.2.pretrain", "cityscape")
     assert "did you mean 'cityscapes'?" in error_of(raw)
 
@@ -286,9 +288,9 @@ def test_an_invalid_pretraining_job_is_caught_before_planning():
 def test_empty_search_space_says_why():
     raw = smoke()
     del raw["configurations"], raw["tables"]
-    raw["space"] = {"arch": {"grid": ["segformer_b0"]}, "pretrain": {"grid": ["imagenet"]}}
+    raw["space"] = {"arch": {"grid": ["segformer_b0"]}, "pretrain": {"grid": ["coco"]}}
     message = error_of(raw)
-    assert "study.yaml: space: empty search space: nothing left to run (1 dropped: pretrain 'imagenet'" in message
+    assert "study.yaml: space: empty search space: nothing left to run (1 dropped: no 'coco' weights" in message
     raw["space"] = {}
     assert "configurations: empty search space" in error_of(raw)
 

@@ -219,7 +219,7 @@ def save_checkpoint(directory: str | os.PathLike, snapshot, extra: dict | None =
 
 def save_encoder(path: str | os.PathLike, encoder_state: dict, config) -> None:
     """An exported encoder with what it fits: arch, segformer_stem, and the settings that trained it."""
-    stem = config.segformer_stem if config.arch.startswith("segformer") else ""
+    stem = config.segformer_stem  # held at its default by models that have no stem option
     save_weights(path, encoder_state, {"format": "segstudy-encoder", "arch": config.arch, "segformer_stem": stem,
                                        "settings": json.dumps(config.to_dict())})
 

@@ -26,10 +26,11 @@ from trainables.config import TrainConfig
 from trainables.data import SPLITS, load_split
 from trainables.data.device import DeviceSplit
 from trainables.errors import ConfigError
+from trainables.losses import make_loss
 from trainables.models import build_model
 from trainables.models.transfer import export_encoder_state, trainable_parameters
 from trainables.records import EpochRecord, format_record
-from trainables.step import autocast_context, train_step
+from trainables.step import autocast_context, outputs_of, train_step
 
 CHECKPOINT_VERSION = 2
 
@@ -166,10 +167,10 @@ def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit, *, batch
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
     for images, masks in data.batches(batch_size):
         with autocast:
-            logits = model(images)
-            loss = criterion(logits.float(), masks)
+            outputs = outputs_of(model(images), masks.shape[-2:])
+            loss = criterion(outputs, masks)
         loss_sum += loss.double() * images.shape[0]
-        confusion += metrics.confusion_matrix(logits.argmax(1), masks, num_classes)
+        confusion += metrics.confusion_matrix(outputs["out"].argmax(1), masks, num_classes)
     return {"loss": float(loss_sum) / len(data), **metrics.summarize(confusion)}
 
 
@@ -225,7 +226,7 @@ def fit(
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, trainable_parameters(model), device)
     scheduler = make_scheduler(config, optimizer)
-    criterion = nn.CrossEntropyLoss(ignore_index=metrics.IGNORE_INDEX)
+    criterion = make_loss(config)
     forward_model = torch.compile(model) if config.compile else model
     autocast = autocast_context(config, device)
 
@@ -258,7 +259,7 @@ def fit(
         started = time.perf_counter()
         train = train_one_epoch(
             forward_model, optimizer, criterion, train_data,
-            batch_size=config.batch_size, num_classes=config.num_classes,
+            batch_size=config.batch_size, num_classes=config.classes,
             generator=generator, hflip=config.hflip, autocast=autocast, step=step,
         )
         train_seconds = time.perf_counter() - started
@@ -270,7 +271,7 @@ def fit(
         )
         if not record.diverged and is_validation_epoch(epoch, config):
             val = evaluate(forward_model, criterion, val_data, batch_size=config.batch_size,
-                           num_classes=config.num_classes, autocast=autocast)
+                           num_classes=config.classes, autocast=autocast)
             record.validated = True
             record.val_loss, record.val_miou = val["loss"], val["miou"]
             record.val_miou_present, record.val_pixel_accuracy = val["miou_present"], val["pixel_accuracy"]

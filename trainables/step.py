@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from trainables.config import TrainConfig
@@ -27,9 +28,23 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, criterion: nn
     trainables/cuda_graphs.py captures this same function when `cuda_graphs` is on.
     """
     with autocast:
-        logits = model(images)
-        loss = criterion(logits.float(), masks)
+        outputs = outputs_of(model(images), masks.shape[-2:])
+        loss = criterion(outputs, masks)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.detach(), logits.detach().argmax(1)
+    return loss.detach(), outputs["out"].detach().argmax(1)
+
+
+def outputs_of(outputs, size) -> dict[str, torch.Tensor]:
+    """A model's outputs as {"out": logits[, "aux": logits]}, float32, at the masks' size (bilinear when not)."""
+    outputs = dict(outputs) if isinstance(outputs, dict) else {"out": outputs}
+    resized = {}
+    for key in ("out", "aux"):
+        if outputs.get(key) is None:
+            continue
+        logits = outputs[key].float()
+        if logits.shape[-2:] != tuple(size):
+            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
+        resized[key] = logits
+    return resized

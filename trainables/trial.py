@@ -60,8 +60,11 @@ def join_uri(base: str, *names: str) -> str:
     return "/".join([location.rstrip("/"), *names]) + mark + query
 
 
-def encoder_key(source: str, arch: str, stem: str) -> str:
-    return f"{source}|{arch}|{stem if arch != 'fcn_resnet50' else 'paper'}"
+def encoder_key(source: str, settings: dict) -> str:
+    """Which pretrained encoder a trial of these settings takes from `source`: one per arch and encoder options."""
+    from trainables.models import family_of
+
+    return "|".join([source, *map(str, family_of(settings["arch"]).encoder_signature(settings))])
 
 
 def variant_label(variant: dict) -> str:

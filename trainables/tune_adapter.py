@@ -41,7 +41,7 @@ def train_trial(config: dict, context: StudyContext) -> None:
     if identity["trial_key"] in context.stopped:
         return  # the scheduler stopped it under an earlier driver: its record ends there, nothing to train
     train_config = settings
-    key = encoder_key(settings.pretrain, settings.arch, settings.segformer_stem)
+    key = encoder_key(settings.pretrain, settings.to_dict())
     if key in context.encoders:  # a pretraining source of the study; anything else is none, imagenet or a path
         train_config = train_config.replace(pretrain=local_copy(context.encoders[key]))
     if train_config.num_threads is None:  # fit() applies num_threads with torch.set_num_threads

@@ -214,7 +214,7 @@ def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path
     # Input and ground truth are the first column's; a column of another dataset has other images.
     left_out = [label for label, p in predicted if p.config.dataset != first.config.dataset]
     predicted = [(label, p) for label, p in predicted if p.config.dataset == first.config.dataset]
-    names = class_names(first.config.dataset, first.config.num_classes)
+    names = class_names(first.config.dataset, first.config.classes)
     colours = np.zeros((256, 3), dtype=np.uint8)  # ignored pixels stay black
     colours[: len(names)] = np.array(palette(first.config.dataset, len(names)), dtype=np.uint8)
     height, width = _tile_size(first.images.shape[1:3])
@@ -228,7 +228,7 @@ def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path
         tiles = [first.images[index], colours[first.truth[index]]]
         for _, p in predicted:  # each model at its own working resolution, against its own ground truth
             tiles.append(colours[p.masks[index]])
-            scores.append((len(tiles) - 1, index, image_iou(p.masks[index], p.truth[index], p.config.num_classes)))
+            scores.append((len(tiles) - 1, index, image_iou(p.masks[index], p.truth[index], p.config.classes)))
         for column, tile in enumerate(tiles):
             mosaic[index * step_y:index * step_y + height, column * step_x:column * step_x + width] = \
                 _fit(tile, height, width)

@@ -10,6 +10,8 @@ from study.planning.plan import EXECUTION_ONLY
 from study.planning.record import TRIAL_COLUMNS, Stage, setting_values, settings_from_row, typed_frame
 from study.reading.results import StudyResults
 from trainables.config import FIELDS as SETTING_FIELDS
+from trainables.errors import ConfigError
+from trainables.models import MODEL_SETTINGS, family_of
 
 # Settings that shape what a trial learns (compared between studies): not where or how fast it ran,
 # not the seed (compared as a set), not the test-only fault injection.
@@ -28,7 +30,10 @@ def planned_trials(results: StudyResults) -> pd.DataFrame:
 
 
 def model_text(s: dict) -> str:
-    return f"{s['arch']} ({s['segformer_stem']} stem)" if str(s["arch"]).startswith("segformer") else str(s["arch"])
+    try:
+        return family_of(s["arch"]).describe(s)
+    except ConfigError:  # an arch this segstudy does not know (a study planned by another version)
+        return str(s["arch"])
 
 
 def encoder_text(s: dict) -> str:
@@ -93,7 +98,9 @@ def setup_grid(find: TrialFinder, declaration) -> tuple[list[str], list[list[str
 
 
 def _complete(settings: dict) -> bool:
-    return "seed" in settings and all(name in settings for parts in _SETUP_PARTS.values() for name in parts)
+    """A trial whose record has what the setup columns show (a model's options may postdate its record)."""
+    return "seed" in settings and all(name in settings for parts in _SETUP_PARTS.values() for name in parts
+                                      if name not in MODEL_SETTINGS)
 
 
 def protocol(find: TrialFinder, match: dict) -> dict[str, str]:
@@ -150,7 +157,7 @@ def search_protocol(results: StudyResults) -> tuple[list[str], list[list[str]]]:
 
 
 # The settings each setup column shows (a column searched over is shown as a dimension instead).
-_SETUP_PARTS = {"model": ("arch", "segformer_stem"), "encoder": ("pretrain", "freeze"),
+_SETUP_PARTS = {"model": ("arch", *MODEL_SETTINGS), "encoder": ("pretrain", "freeze"),
                 "optimizer": ("optimizer", "amsgrad", "weight_decay"), "lr": ("lr",),
                 "schedule": ("scheduler", "gamma", "step_size"), "epochs": ("epochs", "val_interval"),
                 "batch size": ("batch_size",), "image size": ("image_size",)}

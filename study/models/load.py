@@ -153,8 +153,8 @@ def load_study_model(results, trial: str | None = None, which: str = "best", dev
     return StudyModel(
         model=model, study=results.name, trial_key=str(row["trial_key"]), which=which,
         epoch=checkpoint_epoch(row, which), dataset=config.dataset,
-        class_names=tuple(class_names(config.dataset, config.num_classes)),
-        palette=tuple(palette(config.dataset, config.num_classes)), input_size=tuple(config.image_size),
+        class_names=tuple(class_names(config.dataset, config.classes)),
+        palette=tuple(palette(config.dataset, config.classes)), input_size=tuple(config.image_size),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, settings=settings_from_row(row), metrics=outcome_metrics(row),
         val_miou=checkpoint_val_miou(row, which), weights=weights_location(row, which), config=config,
         notes=tuple(notes))

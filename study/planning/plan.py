@@ -21,17 +21,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from study.errors import StudyError
+from study.names import is_name
 from study.planning.spec import RowSpec, StudySpec, TableSpec, TrackingSpec
+from trainables.config import LATER
+from trainables.models import family_of
 from trainables.trial import variant_label
 
 PLAN_FILE = "plan.json"
 SPEC_FILE = "spec.yaml"
-PLAN_VERSION = 3  # 3: execution.tracking
-READABLE_VERSIONS = (2, PLAN_VERSION)  # a format-2 plan is read as one without tracking
+PLAN_VERSION = 4  # 3: execution.tracking; 4: pretraining jobs name their trial key
+READABLE_VERSIONS = (2, 3, PLAN_VERSION)  # format 2: without tracking; before 4: the job's key by the old rule
 VERSIONED_PACKAGES = ("segstudy", "torch", "torchvision", "ray", "optuna", "pandas", "pyarrow")
 # Settings that change where or how fast a job runs, not what it learns: not part of its key.
 EXECUTION_ONLY = ("data_root", "cache_dir", "device", "num_threads", "compile", "channels_last", "fused_optimizer",
-                  "cuda_graphs", "fault_epoch")
+                  "cuda_graphs", "fault_epoch", "data_memory_mib")
+# Settings a job's key leaves out because the dataset's fingerprint already covers them.
+DERIVED = ("num_classes",)
 
 
 class PlanError(StudyError):
@@ -43,10 +48,24 @@ class PretrainJob:
     source: str
     key: str  # sha256 (16 hex) of the settings that shape the encoder and of the dataset's fingerprint
     config: dict  # TrainConfig.to_dict(), data_root resolved
+    trial_key: str  # pretrain-<source>-<arch>[-<encoder options>]-<key>: its folder in the pretrain stage
 
     @property
-    def trial_key(self) -> str:
-        return f"pretrain-{self.source}-{self.config['arch']}-{self.config['segformer_stem']}-{self.key[:8]}"
+    def encoder_signature(self) -> tuple:
+        return family_of(self.config["arch"]).encoder_signature(self.config)
+
+
+def job_trial_key(source: str, key: str, config: dict) -> str:
+    """A pretraining job's trial key: its source, the encoder it makes (arch, encoder options) and its key."""
+    family = family_of(config["arch"])
+    options = [str(config[name]) if is_name(str(config[name])) else sha256(str(config[name]))[:8]
+               for name in family.encoder_options]
+    return "-".join(["pretrain", source, config["arch"], *options, key[:8]])
+
+
+def _legacy_job_trial_key(job: dict) -> str:
+    """The trial key plans before format 4 derived: arch and SegFormer stem, whatever the arch."""
+    return f"pretrain-{job['source']}-{job['config']['arch']}-{job['config']['segformer_stem']}-{job['key'][:8]}"
 
 
 @dataclass(frozen=True)
@@ -122,12 +141,13 @@ class Plan:
     created: float = 0.0
     version: int = PLAN_VERSION
 
-    def job_for(self, source: str, arch: str, segformer_stem: str) -> PretrainJob:
-        stem = "paper" if arch == "fcn_resnet50" else segformer_stem
+    def job_for(self, source: str, settings: dict) -> PretrainJob:
+        """The pretraining job of `source` whose encoder fits a trial of these settings."""
+        signature = family_of(settings["arch"]).encoder_signature(settings)
         for job in self.pretrain_jobs:
-            if (job.source, job.config["arch"], job.config["segformer_stem"]) == (source, arch, stem):
+            if job.source == source and job.encoder_signature == signature:
                 return job
-        raise KeyError(f"no pretraining job for source {source!r}, arch {arch}, segformer_stem {stem}")
+        raise KeyError(f"no pretraining job for source {source!r} and the encoder {signature}")
 
     def configs(self) -> list[dict]:
         """The settings of every job and planned trial (a search: its base settings)."""
@@ -157,7 +177,8 @@ class Plan:
             return cls(
                 study_name=data["study_name"],
                 datasets={name: DatasetPlan(**d) for name, d in data["datasets"].items()},
-                pretrain_jobs=[PretrainJob(**job) for job in data["pretrain_jobs"]],
+                pretrain_jobs=[PretrainJob(**({"trial_key": _legacy_job_trial_key(job), **job}
+                                              if data["version"] < 4 else job)) for job in data["pretrain_jobs"]],
                 trials=[PlannedTrial(**trial) for trial in data["trials"]],
                 search=SearchPlan(**search) if search else None,
                 dropped=list(data["dropped"]),
@@ -187,8 +208,11 @@ def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_nam
 
     `study_name` is the name the study runs under (`study run --name`), default the spec's.
     """
-    jobs = [PretrainJob(source=p.source, key=pretrain_key(p.config, fingerprint), config=p.config)
-            for p in spec.pretraining]
+    jobs = []
+    for pretraining in spec.pretraining:
+        key = pretrain_key(pretraining.config, fingerprint)
+        jobs.append(PretrainJob(source=pretraining.source, key=key, config=pretraining.config,
+                                trial_key=job_trial_key(pretraining.source, key, pretraining.config)))
     trials, search = [], None
     if spec.searcher.type == "grid":
         trials = [PlannedTrial(trial_key=f"{c.name}-s{seed}", config_name=c.name, config={**c.config, "seed": seed})
@@ -231,11 +255,17 @@ def plan_tracking(tracking: TrackingSpec, study_name: str) -> TrackingSpec:
 def pretrain_key(config: dict, fingerprint: Callable[[str, str], str]) -> str:
     """Same key, same encoder: an artifact made by any study with this key is reused.
 
-    Unset optional settings (None) are left out too, so a new optional setting does not change old keys.
+    Unset optional settings (None), and settings added since the first plans while at their default, are left
+    out too, so a new setting does not change old keys.
     """
-    shaping = {k: v for k, v in config.items() if k not in EXECUTION_ONLY and v is not None}
+    shaping = {k: v for k, v in config.items() if k not in EXECUTION_ONLY and k not in DERIVED and v is not None
+               and not (k in LATER and _same(v, LATER[k]))}
     data = fingerprint(config["dataset"], config["data_root"])
     return hashlib.sha256(json.dumps([shaping, data], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _same(value, default) -> bool:
+    return list(value) == list(default) if isinstance(default, tuple) else value == default
 
 
 def sha256(text: str) -> str:

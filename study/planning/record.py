@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from trainables.config import CHOICES
+from trainables.config import CHOICES, pair_type
 from trainables.config import FIELDS as SETTING_FIELDS
 from trainables.records import FIELDS as EPOCH_FIELDS
 
@@ -77,8 +77,9 @@ def _setting_columns() -> tuple[Column, ...]:
     for name, field in SETTING_FIELDS.items():
         kind = _kind(str(field.type))
         parts = field.metadata.get("columns")
-        if parts:  # a pair such as image_size: one int column each
-            columns += [Column(part, INT, f"{field.metadata['doc']} ({part.rsplit('_', 1)[-1]})", "setting")
+        if parts:  # a pair such as image_size: one int (or float) column each
+            kind = FLOAT if pair_type(name) is float else INT
+            columns += [Column(part, kind, f"{field.metadata['doc']} ({part.rsplit('_', 1)[-1]})", "setting")
                         for part in parts]
         else:
             columns.append(Column(name, kind, field.metadata["doc"], "setting"))
@@ -160,7 +161,7 @@ def setting_values(settings: dict) -> dict:
         field = SETTING_FIELDS.get(name)
         parts = field.metadata.get("columns") if field is not None else None
         if parts:
-            pair = list(value) if isinstance(value, (list, tuple)) else [value, value]
+            pair = list(value) if isinstance(value, (list, tuple)) else [value, value]  # None: both null
             values.update(zip(parts, pair))
         elif field is not None:
             values[name] = value
@@ -174,7 +175,7 @@ def settings_from_row(row: dict) -> dict:
         parts = field.metadata.get("columns")
         if parts:
             if all(not _missing(row.get(part)) for part in parts):
-                settings[name] = [int(row[part]) for part in parts]
+                settings[name] = [pair_type(name)(row[part]) for part in parts]
         elif name in row and not _missing(row[name]):
             value = row[name]
             kind = _kind(str(field.type))

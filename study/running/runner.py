@@ -213,7 +213,7 @@ def run_pretraining(plan: Plan, storage: Storage, name: str, resources: dict, ev
 
     encoders, missing = {}, []
     for job in plan.pretrain_jobs:
-        key = encoder_key(job.source, job.config["arch"], job.config["segformer_stem"])
+        key = encoder_key(job.source, job.config)
         encoders[key] = storage.uri(ARTIFACTS, "encoders", job.key, ENCODER_FILE)
         if storage.exists(ARTIFACTS, "encoders", job.key, ENCODER_FILE):
             say(f"[pretrain] reusing encoder {job.key} for {key}")

@@ -57,8 +57,8 @@ class StudyOptunaSearch(OptunaSearch):
             super().on_trial_complete(trial_id, result, error)
 
 
-# Categorical settings every Optuna trial names in its user attributes, searched or not.
-CATEGORICAL_SETTINGS = ("arch", "pretrain", "freeze", "segformer_stem")
+# Categorical settings every Optuna trial names in its user attributes, searched or not (besides the searched ones).
+CATEGORICAL_SETTINGS = ("arch", "pretrain", "freeze")
 
 
 def searched_trials(plan, trials, epochs) -> list[dict]:
@@ -80,7 +80,8 @@ def searched_trials(plan, trials, epochs) -> list[dict]:
         searched.append({
             "trial_id": row["trial_id"], "trial_key": row["trial_key"], "config_name": row["config_name"],
             "status": row["status"], "categorical": dict(labels[row["config_name"]]),
-            "settings": {k: row[k] for k in CATEGORICAL_SETTINGS if k in row and isinstance(row[k], str)},
+            "settings": {k: row[k] for k in (*CATEGORICAL_SETTINGS, *sorted(labels[row["config_name"]]))
+                         if k in row and isinstance(row[k], str)},
             "floats": {dim: float(row[dim]) for dim in plan.search.float_dims},
             "value": float(row[f"final_{metric}"]) if _finite(row.get(f"final_{metric}")) else None,
             "per_epoch": per_epoch,

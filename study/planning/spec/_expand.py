@@ -9,16 +9,18 @@ from typing import Any
 from study.names import is_name
 from study.planning.record import same_value
 from study.planning.spec._problems import _Problems, _suggest
-from study.planning.spec._schema import BUILTIN_PRETRAIN, DEFAULTS, Configuration, PretrainSpec
+from study.planning.spec._schema import BUILTIN_PRETRAIN, DEFAULTS, Configuration, PretrainSpec, is_weights_file
 from trainables.config import TrainConfig
 from trainables.errors import ConfigError
+from trainables.models import family_of
 
 
 def _check_declared(train: dict, space: tuple, datasets: dict, pretraining: dict, problems: _Problems) -> None:
     """Names that must be declared: a mistake here is an error even in the cross product."""
     dataset = train.get("dataset", DEFAULTS["dataset"])
     if dataset not in datasets:
-        problems.add("train.dataset", f"{dataset!r} is not declared under datasets (declared: {sorted(datasets)})")
+        problems.add("train.dataset", f"{dataset!r} is not declared under datasets (declared: {sorted(datasets)})"
+                                      f"{_suggest(dataset, sorted(datasets))}")
     for source, section in pretraining.items():
         if section["dataset"] not in datasets:
             problems.add(f"pretraining.{source}.dataset",
@@ -27,7 +29,7 @@ def _check_declared(train: dict, space: tuple, datasets: dict, pretraining: dict
         (f"space.pretrain.{d.kind}" if d.kind != "fixed" else "space.pretrain", v)
         for d in space if d.name == "pretrain" for v in d.values]
     for path, source in pretrain_values:
-        if source not in BUILTIN_PRETRAIN and source not in pretraining:
+        if source not in BUILTIN_PRETRAIN and source not in pretraining and not is_weights_file(source):
             problems.add(path, _undeclared_source(source, pretraining))
 
 
@@ -135,33 +137,46 @@ def _rule_problem(settings: dict, datasets: dict, pretraining: dict) -> tuple[st
     if settings["dataset"] not in datasets:
         return "dataset", (f"dataset {settings['dataset']!r} is not declared under datasets "
                            f"(declared: {sorted(datasets)})")
-    if source not in BUILTIN_PRETRAIN and source not in pretraining:
+    if source not in BUILTIN_PRETRAIN and source not in pretraining and not is_weights_file(source):
         return "pretrain", _undeclared_source(source, pretraining)
-    if source == "imagenet" and arch != "fcn_resnet50":
-        return "pretrain", f"pretrain 'imagenet' has weights only for fcn_resnet50, not {arch}"
+    try:
+        family = family_of(arch)
+    except ConfigError as error:
+        return "arch", str(error).partition(": ")[2]
+    problem = family.problem(settings)
+    if problem:
+        field, _, why = problem.partition(": ")
+        return field, why
     if settings["freeze"] == "encoder" and source == "none":
         return "freeze", "freeze 'encoder' needs a pretrained encoder (pretrain is 'none')"
     pinned = pretraining.get(source, {})
     if pinned.get("arch", arch) != arch:
         return "arch", f"pretraining {source!r} makes {pinned['arch']} encoders, not {arch}"
-    stem = settings["segformer_stem"]
-    if arch != "fcn_resnet50" and pinned.get("segformer_stem", stem) != stem:
-        return "segformer_stem", (f"pretraining {source!r} makes encoders with the {pinned['segformer_stem']} stem, "
-                                  f"not {settings['segformer_stem']}")
+    for option in family.encoder_options:
+        if pinned.get(option, settings[option]) != settings[option]:
+            return option, (f"pretraining {source!r} makes encoders with {option} {pinned[option]}, "
+                            f"not {settings[option]}")
     return None
 
 
 def _pretraining_jobs(pretraining: dict, main: list[dict], train: dict, datasets: dict,
                       problems: _Problems) -> list[PretrainSpec]:
-    """One job per (source, arch, stem) that main trials use; a source no trial uses is still validated."""
-    needed = {(c["pretrain"], c["arch"], c["segformer_stem"]) for c in main if c["pretrain"] in pretraining}
-    needed = sorted(needed) + [(source, train.get("arch", DEFAULTS["arch"]), train.get("segformer_stem", "paper"))
-                               for source in pretraining if source not in {n[0] for n in needed}]
+    """One job per source and encoder (arch and encoder options) that main trials use; a source no trial uses is
+    still validated."""
+    needed: dict = {}
+    for config in main:
+        if config["pretrain"] in pretraining:
+            family = family_of(config["arch"])
+            encoder = {"arch": config["arch"], **{name: config[name] for name in family.encoder_options}}
+            needed.setdefault((config["pretrain"], family.encoder_signature(config)), encoder)
     jobs = []
-    for source, arch, stem in needed:
+    unused = [(source, {"arch": train.get("arch", DEFAULTS["arch"])}) for source in pretraining
+              if source not in {key[0] for key in needed}]
+    for (source, _), encoder in [*sorted(needed.items(), key=lambda item: item[0]),
+                                 *(((s, None), e) for s, e in unused)]:
         path = f"pretraining.{source}"
         section = pretraining[source]
-        settings = _normalise(_complete({"arch": arch, "segformer_stem": stem, **section}))
+        settings = _normalise(_complete({**encoder, **section}))
         config = _train_config(settings, _origins(section, path), path, datasets, problems)
         if config is not None and any(c["pretrain"] == source for c in main):
             jobs.append(PretrainSpec(source=source, config=config))
@@ -171,8 +186,9 @@ def _pretraining_jobs(pretraining: dict, main: list[dict], train: dict, datasets
 def _train_config(settings: dict, origins: dict, path: str, datasets: dict, problems: _Problems) -> dict | None:
     """TrainConfig's own validation; its message goes to the key path the failing setting came from."""
     try:
-        root = datasets[settings["dataset"]].root
-        return TrainConfig.from_dict({**settings, "data_root": root}).to_dict()
+        dataset = datasets[settings["dataset"]]
+        return TrainConfig.from_dict({**settings, "data_root": dataset.root,
+                                      "num_classes": dataset.num_classes}).to_dict()
     except (ConfigError, TypeError, ValueError) as error:
         field, _, why = str(error).partition(": ")
         if field in origins and why:
@@ -187,9 +203,11 @@ def _complete(settings: dict) -> dict:
 
 
 def _normalise(settings: dict) -> dict:
-    if settings["arch"] == "fcn_resnet50":
-        settings["segformer_stem"] = "paper"  # no meaning for FCN: one value, so no duplicate configurations
-    return settings
+    """Model settings the arch's family ignores at their defaults: one value, so no duplicate configurations."""
+    try:
+        return family_of(settings["arch"]).normalise(settings, DEFAULTS)
+    except ConfigError:  # an unknown arch: named where its configuration is built
+        return settings
 
 
 def _origins(settings: dict, path: str) -> dict[str, str]:
@@ -204,8 +222,8 @@ def _undeclared_source(source: Any, pretraining: dict) -> str:
     hint = _suggest(source, list(pretraining))
     if not hint and is_name(source):
         hint = f"; to pre-train one, declare its job: `pretraining: {{{source}: {{dataset: ...}}}}`"
-    return (f"pretrain {source!r} is not 'none', 'imagenet' or a source declared under pretraining "
-            f"(declared: {sorted(pretraining)}){hint}")
+    return (f"pretrain {source!r} is not 'none', 'imagenet', 'coco', a weights file or a source declared under "
+            f"pretraining (declared: {sorted(pretraining)}){hint}")
 
 
 def _settings_key(settings: dict) -> str:

@@ -9,7 +9,7 @@ import yaml
 
 from study.names import NAME  # noqa: F401 (re-exported: the name rule of study files)
 from study.planning.record import MATCHABLE
-from trainables.config import CHOICES, FIELDS, TrainConfig  # noqa: F401 (CHOICES: re-exported)
+from trainables.config import CHOICES, FIELDS, PRESET_CLASSES, TrainConfig  # noqa: F401 (CHOICES: re-exported)
 
 TOP_KEYS = ("name", "description", "datasets", "train", "configurations", "space", "exclude", "seeds", "searcher",
             "scheduler", "resources", "max_concurrent", "max_failures", "pretraining", "tables", "tracking")
@@ -31,7 +31,12 @@ DEFAULT_TABLE_COLUMNS = ("train_loss", "train_miou", "val_loss", "val_miou")
 # The trial columns (study/planning/record.py) that a table row may match on.
 MATCH_COLUMNS = tuple(MATCHABLE)
 STAGES = ("main", "pretrain")
-BUILTIN_PRETRAIN = ("none", "imagenet")
+BUILTIN_PRETRAIN = ("none", "imagenet", "coco")
+
+
+def is_weights_file(value) -> bool:
+    """A `pretrain` value that names a weights file rather than a source: a path (it has a / or a suffix)."""
+    return isinstance(value, str) and ("/" in value or value.endswith((".pth", ".pt", ".bin", ".safetensors")))
 DIMENSION_KINDS = ("grid", "choice", "loguniform", "uniform")
 
 # Upper bounds of sizes: beyond them a study cannot be meant (a typo, a hostile file). The planned
@@ -48,7 +53,8 @@ MAX_FAILURES = 1000
 FIELD_TYPES = {name: str(field.type) for name, field in FIELDS.items()}
 DEFAULTS = TrainConfig().to_dict()
 # TrainConfig fields a study file does not set, and why: shown instead of "unknown key".
-NOT_SETTINGS = {"data_root": "comes from datasets.<name>.root", "cache_dir": "is <data root>/.segstudy-cache"}
+NOT_SETTINGS = {"data_root": "comes from datasets.<name>.root", "cache_dir": "is <data root>/.segstudy-cache",
+                "num_classes": "comes from the dataset's classes (datasets.<name>)"}
 NOT_PER_TRIAL = {**NOT_SETTINGS, "seed": "comes from `seeds`"}
 NOT_SEARCHED = {**NOT_PER_TRIAL, "dataset": "is not searched: set it in `train` or per configuration"}
 SETTINGS = tuple(name for name in FIELD_TYPES if name not in NOT_SETTINGS)
@@ -62,6 +68,10 @@ class DatasetSpec:
     root: str  # absolute, after the environment and --set overrides
     env: str  # the variable that overrides root
     generate: dict | None  # {train, val, seed} of generated data, or None: real data only
+
+    @property
+    def num_classes(self) -> int:
+        return PRESET_CLASSES[self.name]
 
 
 @dataclass(frozen=True)
@@ -187,7 +197,7 @@ class StudySpec:
     resources: ResourcesSpec
     max_concurrent: int | None
     max_failures: int
-    pretraining: tuple  # PretrainSpec, one per (source, arch, segformer_stem) the main trials need
+    pretraining: tuple  # PretrainSpec, one per source and encoder (arch and its encoder options) trials need
     tables: tuple  # TableSpec
     raw: dict  # the file's mapping with the overrides applied
     overrides: tuple  # the --set strings applied

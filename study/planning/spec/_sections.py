@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -42,8 +43,12 @@ from study.planning.spec._schema import (
     SearcherSpec,
     TrackingSpec,
     WandbSpec,
+    is_weights_file,
 )
-from trainables.config import DATASETS, MAX_SEED
+from trainables.config import MAX_SEED, PAIRS, class_weight_values, model_options, pair_type
+from trainables.errors import ConfigError
+
+DATASETS = ("pets", "cityscapes")  # until declarations: the presets with readers
 
 
 def _datasets(value: Any, problems: _Problems, environ: Mapping[str, str]) -> dict[str, DatasetSpec]:
@@ -116,20 +121,69 @@ def _setting(key: str, value: Any, path: str, problems: _Problems) -> Any:
         if number is not None and math.isfinite(number):
             return number
         problems.add(path, f"expected a number, got {_kind(value)}")
-    elif kind.startswith("tuple"):
-        if _is_int(value):
-            return [value, value]
-        if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
-            return list(value)
-        problems.add(path, f"expected N or [height, width] in pixels, got {_kind(value)}")
+    elif key in PAIRS:
+        return _pair_setting(key, value, path, problems)
     elif key in CHOICES:
         if problems.choice(value, CHOICES[key], path) is not None:
             return value
+    elif key in TEXT_FORMS:
+        return TEXT_FORMS[key](value, path, problems)
     elif isinstance(value, str):
         return value
     else:
         problems.add(path, f"expected a string, got {_kind(value)}")
     return _INVALID
+
+
+def _pair_setting(key: str, value: Any, path: str, problems: _Problems) -> Any:
+    """A pair setting (image_size, scale_range, crop_size, ...): N or [a, b] (null where it may be)."""
+    number = float if pair_type(key) is float else int
+    optional = "None" in FIELD_TYPES[key]
+    if value is None and optional:
+        return None
+
+    def fits(v: Any) -> bool:
+        return _is_int(v) if number is int else _number_or_none(v) is not None and math.isfinite(_number_or_none(v))
+
+    if fits(value):
+        return [number(_number_or_none(value))] * 2
+    if isinstance(value, list) and len(value) == 2 and all(fits(v) for v in value):
+        return [number(_number_or_none(v)) for v in value]
+    what = "[height, width] in pixels" if number is int else "[low, high]"
+    problems.add(path, f"expected {'null, ' if optional else ''}N or {what}, got {_kind(value)}")
+    return _INVALID
+
+
+def _class_weights(value: Any, path: str, problems: _Problems) -> Any:
+    """none, auto, or a list of weights (kept as the setting's text, 'w0,w1,...')."""
+    if isinstance(value, list) and value and all(_number_or_none(v) is not None for v in value):
+        value = ",".join(f"{_number_or_none(v):g}" for v in value)
+    try:
+        class_weight_values(value)
+    except ConfigError as error:
+        problems.add(path, str(error).partition(": ")[2])
+        return _INVALID
+    return value
+
+
+def _model_kwargs(value: Any, path: str, problems: _Problems) -> Any:
+    """A mapping of keyword arguments (kept as the setting's JSON text)."""
+    if isinstance(value, dict):
+        try:
+            return json.dumps(value, sort_keys=True)
+        except (TypeError, ValueError):
+            problems.add(path, f"expected a mapping of plain values (numbers, text, lists), got {_kind(value)}")
+            return _INVALID
+    try:
+        model_options(value)
+    except ConfigError:
+        problems.add(path, f"expected a mapping of keyword arguments, got {_kind(value)}")
+        return _INVALID
+    return value
+
+
+# Settings kept as text whose study-file form is richer: a list of weights, a mapping of arguments.
+TEXT_FORMS = {"class_weights": _class_weights, "model_kwargs": _model_kwargs}
 
 
 def _pretraining_sections(value: Any, problems: _Problems) -> dict[str, dict]:
@@ -147,9 +201,9 @@ def _pretraining_sections(value: Any, problems: _Problems) -> dict[str, dict]:
         settings = _settings(entry, path, SETTINGS, NOT_SETTINGS, problems)
         if "dataset" not in settings:
             problems.add(f"{path}.dataset", "required: the dataset to pre-train on")
-        if settings.get("pretrain", "none") not in BUILTIN_PRETRAIN:
-            problems.add(f"{path}.pretrain", f"expected none or imagenet (pretraining jobs do not chain), "
-                                             f"got {settings['pretrain']!r}")
+        if settings.get("pretrain", "none") not in BUILTIN_PRETRAIN and not is_weights_file(settings["pretrain"]):
+            problems.add(f"{path}.pretrain", f"expected none, imagenet, coco or a weights file (pretraining jobs do "
+                                             f"not chain), got {settings['pretrain']!r}")
         if settings.get("export_encoder") == "none":
             problems.add(f"{path}.export_encoder",
                          "expected last or best: a pretraining job exists to export its encoder")
