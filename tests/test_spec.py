@@ -1,6 +1,7 @@
 """Study files: the shipped ones plan as the seed report needs, and every mistake is a SpecError naming its key."""
 
 import copy
+import json
 from pathlib import Path
 
 import pytest
@@ -392,3 +393,24 @@ def test_random_study_files_load_or_raise_spec_error(raw):
         return
     make_plan(spec, fingerprint)  # a spec that loads also plans, and its spec as run loads again
     spec_from_dict(yaml.safe_load(spec.to_yaml()), "again.yaml", environ={})
+
+
+# The plans of the seed protocol as segstudy planned them before any setting was added (2026-12, plan format 3):
+# every trial, every setting's value, the pretraining job and its key (with a fixed dataset fingerprint).
+SEED_PLANS = json.loads((Path(__file__).parent / "specs" / "seed_protocol_plans.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(SEED_PLANS))
+def test_the_seed_protocol_keeps_its_plan(name):
+    spec = load_spec(Path(__file__).parents[1] / "search_spaces" / f"{name}.yaml", environ={})
+    plan = make_plan(spec, lambda dataset, root: "fixedfingerprint")
+    expected = SEED_PLANS[name]
+    assert {t.trial_key for t in plan.trials} == set(expected["trials"])
+    for trial in plan.trials:
+        for setting, value in expected["trials"][trial.trial_key].items():
+            assert trial.config[setting] == value, (trial.trial_key, setting)
+    assert {job.trial_key: job.key for job in plan.pretrain_jobs} == \
+        {key: job["key"] for key, job in expected["jobs"].items()}
+    for job in plan.pretrain_jobs:
+        for setting, value in expected["jobs"][job.trial_key]["config"].items():
+            assert job.config[setting] == value, (job.trial_key, setting)
