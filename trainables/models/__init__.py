@@ -4,7 +4,11 @@ A family is one module of this package named `family_<name>.py`. At its top, wit
 (a study's spec, plan and report ask families while reading files only), it declares
 
     FAMILY = ModelFamily(...)       its architectures, options, encoder options and built-in weights
-    def build(config) -> nn.Module  the model of a TrainConfig, weights loaded, encoder frozen if asked
+    def build(config, weights=None) -> nn.Module
+                                    the model of a TrainConfig with its pretrained weights loaded: for a
+                                    built-in source (imagenet, coco) from `weights`, the file FAMILY.locate
+                                    found (the runner hands trials a content-addressed copy), else from
+                                    where FAMILY.locate looks; for a file or a pretraining source, from it
 
 `family_of(arch)` finds an architecture's family: one that lists it, or, for `module:function`, the
 user's factory (family_factory.py). The spec, plan, searcher, record and report ask the family and
@@ -46,6 +50,9 @@ class ModelFamily:
     # (arch, settings) -> why these settings make no model of this family, or None
     rules: Callable[[str, dict], str | None] | None = field(default=None, compare=False)
     label: Callable[[dict], str] | None = field(default=None, compare=False)  # describe(); default: the arch
+    # (settings) -> the local file that a built-in weight source (pretrain imagenet or coco) is read from;
+    # a WeightsError naming where it was expected when it is not there. Light: no torch import.
+    locate: Callable[[dict], str] | None = field(default=None, compare=False)
 
     def problem(self, config: Any) -> str | None:
         """Why a TrainConfig (or its dict) makes no model of this family; None when it makes one."""
@@ -105,10 +112,12 @@ def family_of(arch: Any) -> ModelFamily:
                       f"got {arch!r}{hint}")
 
 
-def build_model(config) -> Any:
-    """The model for `config` (a TrainConfig), with its pretrained encoder loaded and frozen when asked."""
+def build_model(config, weights: str | None = None) -> Any:
+    """The model for `config` (a TrainConfig), with its pretrained encoder loaded and frozen when asked.
+
+    `weights`: for pretrain imagenet or coco, the file to read them from (default: where the family looks)."""
     family = family_of(config.arch)
-    model = importlib.import_module(family.module).build(config)
+    model = importlib.import_module(family.module).build(config, weights)
     if config.freeze == "encoder":
         from trainables.models.transfer import freeze_encoder
 

@@ -62,7 +62,7 @@ def source(arch: str) -> tuple[str, str]:
         return path, ""
 
 
-def build(config):
+def build(config, weights: str | None = None):
     from torch import nn
 
     from trainables.config import model_options

@@ -26,7 +26,7 @@ FAMILY = ModelFamily(
 )
 
 
-def build(config):
+def build(config, weights: str | None = None):
     """The SegFormer of `config`: random weights, or its encoder from pretrain (imagenet, or a file)."""
     from trainables.models.segformer import Segformer, SegformerConfig
     from trainables.models.transfer import load_encoder_state

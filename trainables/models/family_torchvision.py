@@ -42,7 +42,7 @@ FAMILY = ModelFamily(
 )
 
 
-def build(config):
+def build(config, weights: str | None = None):
     """torchvision's model for `config`, wrapped so that its backbone is the `encoder` (torchvision_wrapper.py)."""
     from torchvision.models import segmentation
 
