@@ -216,6 +216,16 @@ def _storage(args):
     return Storage(args.storage or default_storage())
 
 
+def _record(storage, name: str):
+    """The study's record, read once for a command; the damage it found is named on stderr, as `status` names it."""
+    from study.reading.results import load_results
+
+    results = load_results(storage, name)
+    for note in results.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return results
+
+
 def _image_size(values: list[int]) -> tuple[int, int]:
     if len(values) not in (1, 2):
         raise StudyError(f"--image-size: expected N or H W, got {values}")
@@ -264,7 +274,8 @@ def cmd_report(args) -> int:
     storage.require_study(args.name)  # a bad name writes nothing
     if args.out:
         output_folder(args.out, "--out")
-    path, text = report_study(storage, args.name, out_dir=args.out, compare_name=args.compare)
+    path, text = report_study(storage, args.name, out_dir=args.out, compare_name=args.compare,
+                              results=_record(storage, args.name))
     print(text)
     print(f"\nreport: {path}")
     return 0
@@ -276,16 +287,16 @@ def cmd_export(args) -> int:
 
     storage = _storage(args)
     storage.require_study(args.name)  # a bad name writes nothing
-    for path in export_study(storage, args.name, output_folder(args.out, "--out")):
+    out = output_folder(args.out, "--out")
+    for path in export_study(storage, args.name, out, results=_record(storage, args.name)):
         print(f"wrote {path}")
     return 0
 
 
 def cmd_best(args) -> int:
     from study.models.choose import DEFAULT_BY, choose_best, describe_choice, format_choice
-    from study.reading.results import load_results
 
-    results = load_results(_storage(args), args.name)
+    results = _record(_storage(args), args.name)
     choice = choose_best(results, by=args.by or DEFAULT_BY, table=args.table, row=args.row)
     description = describe_choice(choice)
     print(json.dumps(description, indent=1) if args.json else format_choice(description))
@@ -295,8 +306,10 @@ def cmd_best(args) -> int:
 def cmd_predict(args) -> int:
     from study.models.predict import failure_line, format_summary, predict_study
 
-    summary = predict_study(_storage(args), args.name, args.images, args.out, trial=args.trial, which=args.which,
-                            device=args.device, batch_size=args.batch_size, masks=args.masks)
+    storage = _storage(args)
+    summary = predict_study(storage, args.name, args.images, args.out, trial=args.trial, which=args.which,
+                            device=args.device, batch_size=args.batch_size, masks=args.masks,
+                            results=_record(storage, args.name))
     print(format_summary(summary, args.out))
     failure = failure_line(summary)
     if failure:
@@ -307,7 +320,9 @@ def cmd_predict(args) -> int:
 def cmd_export_model(args) -> int:
     from study.models.export import export_model
 
-    paths, notes = export_model(_storage(args), args.name, args.out, trial=args.trial, which=args.which)
+    storage = _storage(args)
+    paths, notes = export_model(storage, args.name, args.out, trial=args.trial, which=args.which,
+                                results=_record(storage, args.name))
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     for path in paths:

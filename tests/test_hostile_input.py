@@ -202,6 +202,17 @@ def test_study_files_are_read_within_limits(capsys, tmp_path, text, expected):
     assert expected in err
 
 
+def test_nested_aliases_under_the_alias_limit_are_refused_by_what_they_expand_to(capsys, tmp_path):
+    # 70 aliases (under the limit of 100) that build 10 ** 7 nodes: refused from the events, before any is built
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 7)]
+    path = tmp_path / "study.yaml"
+    path.write_text("\n".join(levels) + "\n")
+    err = fails(capsys, "run", path, "--storage", tmp_path / "studies")
+    assert "more than 100,000 YAML nodes once its aliases are expanded (line 5)" in err
+    assert err.count("\n") == 1
+
+
 def test_a_study_file_that_is_not_utf8_or_a_folder(capsys, tmp_path):
     path = tmp_path / "study.yaml"
     path.write_bytes(b"name: x\n\xff\xfe\x00")

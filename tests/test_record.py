@@ -84,6 +84,11 @@ def test_a_damaged_event_log_loses_no_finished_trial(study, damage):
     assert summary["state"] == "finished" and summary["stages"]["main"] == {"finished": 2}
     if damage == "garbage":
         assert any(EVENTS_FILE in note for note in summary["notes"]), summary["notes"]
+        # every command that reads the record names the same damage, as status does
+        for command in (["report", "t", "--out", str(study.parent / "report")],
+                        ["export", "t", "--out", str(study.parent / "export")], ["best", "t"]):
+            done = run_study_cli(command, study.parent, study)
+            assert all(f"note: {note}" in done.stderr for note in summary["notes"]), (command, done.stderr)
     resumed_without_rerun(study, before)
 
 

@@ -68,9 +68,12 @@ def default_report_dir(storage: Storage, name: str) -> Path:
     return Path(storage.path(name, "report")) if storage.is_local else Path.cwd() / f"report-{name}"
 
 
-def report_study(storage: Storage, name: str, out_dir=None, compare_name: str | None = None) -> tuple[Path, str]:
-    """Write the report of study `name` (beside `compare_name`'s); (report.md path, terminal text)."""
-    results = load_results(storage, name)
+def report_study(storage: Storage, name: str, out_dir=None, compare_name: str | None = None,
+                 results: StudyResults | None = None) -> tuple[Path, str]:
+    """Write the report of study `name` (beside `compare_name`'s); (report.md path, terminal text).
+
+    `results`: the study's record when the caller has read it."""
+    results = results or load_results(storage, name)
     other = load_results(storage, compare_name) if compare_name else None
     tables, compared = _all_tables(results, other)
     out = Path(out_dir) if out_dir else default_report_dir(storage, name)

@@ -130,14 +130,15 @@ def save_program(program, path) -> None:
         torch.export.save(program, str(path))
 
 
-def export_model(storage, name: str, out, *, trial: str | None = None, which: str = "best") -> tuple[list[Path], list]:
+def export_model(storage, name: str, out, *, trial: str | None = None, which: str = "best",
+                 results=None) -> tuple[list[Path], list]:
     """Write FILE.pt2, FILE.json and FILE.safetensors; returns (paths, notes)."""
     from study.reading.results import load_results
     from trainables.checkpoint import save_weights
 
     pt2, json_path, weights_path = export_paths(out)
     _check_writable(pt2)
-    model = load_study_model(load_results(storage, name), trial=trial, which=which, device="cpu")
+    model = load_study_model(results or load_results(storage, name), trial=trial, which=which, device="cpu")
     program = export_program(model)
     description = sidecar(model, pt2, weights_path)
     metadata = {"segstudy": FORMAT, "trial_key": model.trial_key, "which": model.which,

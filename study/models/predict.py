@@ -105,7 +105,7 @@ def mask_index(masks_dir: str | os.PathLike) -> dict[str, Path]:
 
 def predict_study(storage, name: str, images: list[str], out, *, trial: str | None = None, which: str = "best",
                   device: str = "auto", batch_size: int | None = None, masks: str | None = None,
-                  log=None) -> dict:
+                  log=None, results=None) -> dict:
     """Predict every image; returns the summary also written to <out>/predictions.json.
 
     Images that cannot be read (or whose ground truth cannot) are named on `log` and skipped; a
@@ -120,7 +120,7 @@ def predict_study(storage, name: str, images: list[str], out, *, trial: str | No
     inputs, ignored = list_inputs(images, exclude=Path(out).expanduser())
     ground_truth = mask_index(masks) if masks is not None else None
     folder = writable_folder(out)
-    results = load_results(storage, name)
+    results = results or load_results(storage, name)
     try:
         torch_device = str(resolve_device(device))
     except Exception as error:  # a ConfigError, or torch's own for a malformed name

@@ -40,9 +40,10 @@ def arrow_table(frame: pd.DataFrame, columns, file_metadata: dict[str, str]) -> 
     return table.replace_schema_metadata({**(table.schema.metadata or {}), **encoded})
 
 
-def export_study(storage: Storage, name: str, out_dir) -> list[Path]:
-    """Write trials.parquet and epochs.parquet of study `name` to `out_dir`; reads files only."""
-    results = load_results(storage, name)
+def export_study(storage: Storage, name: str, out_dir, results: StudyResults | None = None) -> list[Path]:
+    """Write trials.parquet and epochs.parquet of study `name` to `out_dir`; reads files only (`results`: the
+    study's record when the caller has read it)."""
+    results = results or load_results(storage, name)
     out = Path(out_dir)
     metadata = export_metadata(results)
     iou = iou_columns(results.iou_count)

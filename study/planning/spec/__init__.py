@@ -178,23 +178,45 @@ def parse_yaml(text: str, source: str) -> Any:
 
 
 def _check_limits(text: str, source: str) -> None:
-    aliases = depth = nodes = 0
+    """Refuse, from YAML's events alone, a document too deep or too large: its size counted as it would be once
+    built, every alias (*name) counting the whole node it repeats, so nested aliases cannot hide an expansion."""
+    aliases = 0
+    sizes: dict[str, int] = {}  # anchor -> the size of its node, aliases inside it expanded
+    open_nodes: list[list] = []  # [anchor, size so far] of each collection being read
+    expanded = 0
     for event in yaml.parse(text, Loader=yaml.SafeLoader):
-        nodes += 1
-        if isinstance(event, yaml.AliasEvent):
-            aliases += 1
-        elif isinstance(event, yaml.CollectionStartEvent):
-            depth += 1
-        elif isinstance(event, yaml.CollectionEndEvent):
-            depth -= 1
         line = f" (line {event.start_mark.line + 1})" if event.start_mark else ""
-        if aliases > MAX_ALIASES:
-            raise SpecError(f"{source}: more than {MAX_ALIASES} YAML aliases (*name){line}; "
-                            f"a study file needs few, if any")
-        if depth > MAX_DEPTH:
-            raise SpecError(f"{source}: nested more than {MAX_DEPTH} levels deep{line}")
-        if nodes > MAX_NODES:
-            raise SpecError(f"{source}: more than {MAX_NODES:,} YAML nodes{line}; expected a page of settings")
+        if isinstance(event, yaml.CollectionStartEvent):
+            open_nodes.append([event.anchor, 1])
+            if len(open_nodes) > MAX_DEPTH:
+                raise SpecError(f"{source}: nested more than {MAX_DEPTH} levels deep{line}")
+            size = 1
+        elif isinstance(event, yaml.CollectionEndEvent):
+            anchor, total = open_nodes.pop()
+            if anchor is not None:
+                sizes[anchor] = total
+            if open_nodes:
+                open_nodes[-1][1] += total
+            continue  # its nodes were counted as they came
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            if aliases > MAX_ALIASES:
+                raise SpecError(f"{source}: more than {MAX_ALIASES} YAML aliases (*name){line}; "
+                                f"a study file needs few, if any")
+            size = sizes.get(event.anchor, 1)
+        elif isinstance(event, yaml.ScalarEvent):
+            size = 1
+            if event.anchor is not None:
+                sizes[event.anchor] = 1
+        else:
+            continue
+        if open_nodes and not isinstance(event, yaml.CollectionStartEvent):
+            open_nodes[-1][1] += size
+        expanded += size
+        if expanded > MAX_NODES:
+            what = "once its aliases are expanded " if aliases else ""
+            raise SpecError(f"{source}: more than {MAX_NODES:,} YAML nodes {what}{line.strip()}; expected a page "
+                            f"of settings")
 
 
 def spec_from_dict(raw: Any, source: str, overrides: Sequence[str] = (),
