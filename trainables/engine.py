@@ -206,9 +206,11 @@ def fit(
     resume_state: dict | None = None,
     log: Callable[[str], None] | None = None,
     reuse_data: bool = False,
+    weights: str | None = None,
 ) -> FitResult:
     """Train `config.epochs` epochs (or the rest of them after `resume_state`).
 
+    `weights`: for pretrain imagenet or coco, the file to read them from (default: where the model's family looks).
     `reuse_data`: keep this run's device splits for the next run in this process on the same data
     (they are read-only while training: batches are gathered copies).
     """
@@ -218,7 +220,7 @@ def fit(
     seed_everything(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
 
-    model = build_model(config).to(device)  # first: missing weights fail before any data work
+    model = build_model(config, weights).to(device)  # first: missing weights fail before any data work
     train_split, val_split = SPLITS[config.dataset]
     train_data = load_device_split(config, train_split, device, config.max_train_samples, reuse_data)
     val_data = load_device_split(config, val_split, device, config.max_val_samples, reuse_data)

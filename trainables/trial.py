@@ -67,6 +67,13 @@ def encoder_key(source: str, settings: dict) -> str:
     return "|".join([source, *map(str, family_of(settings["arch"]).encoder_signature(settings))])
 
 
+def weights_key(settings: dict) -> str:
+    """Which weights file a trial of these settings reads: its pretraining source's encoder (encoder_key), or for
+    built-in weights (imagenet, coco) and a weights file, the file of its arch, encoder options and variant."""
+    key = encoder_key(settings["pretrain"], settings)
+    return f"{key}|{settings.get('imagenet_weights', '')}" if settings["pretrain"] in ("imagenet", "coco") else key
+
+
 def variant_label(variant: dict) -> str:
     """A searcher variant's name: its categorical settings, e.g. "freeze=none/pretrain=cityscapes"."""
     return "/".join(f"{key}={variant[key]}" for key in sorted(variant))

@@ -31,7 +31,7 @@ from trainables.checkpoint import (
     save_checkpoint,
 )
 from trainables.engine import fit
-from trainables.trial import StudyContext, encoder_key, join_uri, resolve_trial, trial_report
+from trainables.trial import StudyContext, join_uri, resolve_trial, trial_report, weights_key
 
 _LOCAL_COPIES: dict[str, str] = {}  # encoder URI -> local file, kept for the worker's later trials
 
@@ -40,10 +40,13 @@ def train_trial(config: dict, context: StudyContext) -> None:
     identity, settings = resolve_trial(config, context, tune.get_context().get_trial_id())
     if identity["trial_key"] in context.stopped:
         return  # the scheduler stopped it under an earlier driver: its record ends there, nothing to train
-    train_config = settings
-    key = encoder_key(settings.pretrain, settings.to_dict())
-    if key in context.encoders:  # a pretraining source of the study; anything else is none, imagenet or a path
-        train_config = train_config.replace(pretrain=local_copy(context.encoders[key]))
+    train_config, weights = settings, None
+    key = weights_key(settings.to_dict())
+    if key in context.encoders:  # the storage's copy of the encoder of a pretraining source, or of a weights file
+        if settings.pretrain in ("imagenet", "coco"):
+            weights = local_copy(context.encoders[key])  # built-in weights: read from this copy
+        else:
+            train_config = train_config.replace(pretrain=local_copy(context.encoders[key]))
     if train_config.num_threads is None:  # fit() applies num_threads with torch.set_num_threads
         assigned = ray.get_runtime_context().get_assigned_resources()
         train_config = train_config.replace(num_threads=threads_for(assigned))
@@ -71,7 +74,7 @@ def train_trial(config: dict, context: StudyContext) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
-        fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state, reuse_data=True)
+        fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state, reuse_data=True, weights=weights)
     finally:
         release_memory()
 

@@ -9,6 +9,7 @@ derived from the trials and the lock.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from study.errors import StudyError
@@ -36,7 +37,30 @@ def read_plan(storage: Storage, name: str) -> Plan:
 
 
 def spec_copy_notes(storage: Storage, name: str, plan: Plan) -> list[str]:
-    """What is wrong with the stored spec.yaml (the plan's own copy is used either way)."""
+    """What is wrong with the stored spec.yaml (the plan's own copy is used either way), and which model factories
+    changed since the study was planned."""
+    return _spec_copy_notes(storage, name, plan) + factory_notes(plan)
+
+
+def factory_notes(plan: Plan) -> list[str]:
+    """A model factory (arch module:function) whose source file is no longer what the plan recorded: trials that
+    start from now on build the new code. The file is hashed, never imported."""
+    notes = []
+    for arch, recorded in sorted(plan.factories.items()):
+        path = recorded.get("source", "")
+        try:
+            with open(path, "rb") as file:
+                current = hashlib.sha256(file.read()).hexdigest()
+        except OSError:
+            current = None
+        if current != recorded.get("sha256"):
+            what = "is gone" if current is None else "was changed after the study was planned (its sha256 differs)"
+            notes.append(f"the model factory {arch}'s source {path} {what}; trials that start from now on build "
+                         f"what the module holds then")
+    return notes
+
+
+def _spec_copy_notes(storage: Storage, name: str, plan: Plan) -> list[str]:
     where = storage.uri(name, SPEC_FILE)
     if not storage.exists(name, SPEC_FILE):
         return [f"{where} is missing; the plan's copy of the study file as run is used"]

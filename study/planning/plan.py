@@ -140,6 +140,8 @@ class Plan:
     versions: dict  # package -> version, of the driver that planned the study
     created: float = 0.0
     version: int = PLAN_VERSION
+    # arch module:function -> {"source": its file, "sha256"}: a model factory changed later is named
+    factories: dict = dataclasses.field(default_factory=dict)
 
     def job_for(self, source: str, settings: dict) -> PretrainJob:
         """The pretraining job of `source` whose encoder fits a trial of these settings."""
@@ -148,6 +150,15 @@ class Plan:
             if job.source == source and job.encoder_signature == signature:
                 return job
         raise KeyError(f"no pretraining job for source {source!r} and the encoder {signature}")
+
+    def planned_settings(self) -> list[dict]:
+        """Every settings a trial of this plan may run with: jobs, trials, and a search's base under each variant
+        (its sampled numbers at their lower end)."""
+        settings = [job.config for job in self.pretrain_jobs] + [trial.config for trial in self.trials]
+        if self.search is not None:
+            lows = {name: low for name, (_, low, _) in self.search.float_dims.items()}
+            settings += [{**self.search.base_config, **variant, **lows} for variant in self.search.variants]
+        return settings
 
     def configs(self) -> list[dict]:
         """The settings of every job and planned trial (a search: its base settings)."""
@@ -189,7 +200,7 @@ class Plan:
                 tables=tuple(TableSpec(**{**t, "columns": tuple(t["columns"]),
                                           "rows": tuple(RowSpec(**r) for r in t["rows"])}) for t in data["tables"]),
                 spec_yaml=data["spec_yaml"], spec_sha256=data["spec_sha256"], versions=dict(data["versions"]),
-                created=float(data.get("created", 0.0)),
+                created=float(data.get("created", 0.0)), factories=dict(data.get("factories", {})),
             )
         except PlanError:
             raise
@@ -232,14 +243,29 @@ def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_nam
         max_failures=spec.max_failures, tracking=plan_tracking(spec.tracking, study_name or spec.name),
     )
     spec_yaml = spec.to_yaml()
-    return Plan(
+    plan = Plan(
         study_name=study_name or spec.name,
         datasets=datasets_of(spec),
         pretrain_jobs=jobs, trials=trials, search=search, dropped=list(spec.dropped), execution=execution,
         tables=spec.tables, spec_yaml=spec_yaml, spec_sha256=sha256(spec_yaml), versions=package_versions(),
         created=time.time(),
     )
+    return dataclasses.replace(plan, factories=factory_sources(plan))
 
+
+def factory_sources(plan: Plan) -> dict:
+    """Each model factory (module:function) the plan builds, with its source file and that file's sha256."""
+    import importlib
+
+    from trainables.models import FACTORY_FAMILY
+
+    factories = {}
+    for settings in plan.planned_settings():
+        family = family_of(settings["arch"])
+        if family.module == FACTORY_FAMILY and settings["arch"] not in factories:
+            path, digest = importlib.import_module(family.module).source(settings["arch"])
+            factories[settings["arch"]] = {"source": path, "sha256": digest}
+    return factories
 
 def plan_tracking(tracking: TrackingSpec, study_name: str) -> TrackingSpec:
     """The study file's trackers with their defaults filled in: the MLflow experiment and W&B project are named

@@ -34,6 +34,8 @@ from study.planning.spec import StudySpec, loads
 from study.reading.audit import Audit, audit_study
 from study.reading.results import StudyResults, load_results
 from study.running.datasets import build_caches, generate_missing_datasets
+from study.running.models import check_factory_models
+from study.running.weights import weights_artifacts
 from study.storage import ARTIFACTS, Storage, read_text_at
 from trainables.checkpoint import ENCODER_FILE, FINAL_WEIGHTS, STATE_FILE, TRIAL_FILE, parse_trial_json
 from trainables.data import dataset_fingerprint
@@ -60,12 +62,14 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
         generate_missing_datasets(datasets_of(spec))
         plan = make_plan(spec, dataset_fingerprint, study_name=name)
         build_caches(plan)
+        check_factory_models(plan)
+        weights = weights_artifacts(plan, storage, say)  # a missing weights file is named before anything is written
         storage.write_text(plan.spec_yaml, name, SPEC_FILE)
         storage.write_text(plan.to_json(), name, PLAN_FILE)
         say(f"study {name}: {plan.describe()}; storage {storage.uri(name)}")
         if tracking:
             say(tracking)
-        return execute(plan, storage, name, address, dashboard)
+        return execute(plan, storage, name, address, dashboard, weights)
 
 
 def resume_study(storage: Storage, name: str, address: str | None = None, dashboard: bool = False) -> int:
@@ -85,10 +89,12 @@ def resume_study(storage: Storage, name: str, address: str | None = None, dashbo
         tracking = preflight(plan.execution.tracking, storage.uri(name, SPEC_FILE), address, dashboard)
         generate_missing_datasets(plan.datasets)
         build_caches(plan)
+        check_factory_models(plan)
+        weights = weights_artifacts(plan, storage, say)
         say(f"resuming study {name}: {plan.describe()}")
         if tracking:
             say(tracking)
-        return execute(plan, storage, name, address, dashboard)
+        return execute(plan, storage, name, address, dashboard, weights)
 
 
 def preflight(tracking, where: str, address: str | None, dashboard: bool) -> str | None:
@@ -149,7 +155,9 @@ def resume_command(storage: Storage, name: str) -> str:
 
 
 # -- the two stages -----------------------------------------------------------
-def execute(plan: Plan, storage: Storage, name: str, address: str | None, dashboard: bool = False) -> int:
+def execute(plan: Plan, storage: Storage, name: str, address: str | None, dashboard: bool = False,
+            weights: dict | None = None) -> int:
+    """Run the plan's stages; `weights`: {weights_key: the storage's copy} of the built-in and file weights."""
     from study.tune.stage import init_ray, shutdown_ray, trial_resources
 
     _, history = _study_history(storage, name)
@@ -162,7 +170,7 @@ def execute(plan: Plan, storage: Storage, name: str, address: str | None, dashbo
     try:
         try:
             resources = trial_resources(plan)
-            encoders, complete = run_pretraining(plan, storage, name, resources, events)
+            encoders, complete = run_pretraining(plan, storage, name, resources, events, weights or {})
             if complete:
                 complete = run_main(plan, storage, name, resources, encoders, events)
         finally:
@@ -207,11 +215,13 @@ def check_against_plan(storage: Storage, name: str) -> tuple[StudyResults, Audit
     return results, audit
 
 
-def run_pretraining(plan: Plan, storage: Storage, name: str, resources: dict, events: EventLog) -> tuple[dict, bool]:
-    """Each pretraining job's encoder, made where the storage's encoder store lacks it; (encoders, complete)."""
+def run_pretraining(plan: Plan, storage: Storage, name: str, resources: dict, events: EventLog,
+                    weights: dict) -> tuple[dict, bool]:
+    """Each pretraining job's encoder, made where the storage's encoder store lacks it; (every weights file a main
+    trial reads: the encoders and `weights`, complete)."""
     from study.tune.stage import run_stage
 
-    encoders, missing = {}, []
+    encoders, missing = dict(weights), []
     for job in plan.pretrain_jobs:
         key = encoder_key(job.source, job.config)
         encoders[key] = storage.uri(ARTIFACTS, "encoders", job.key, ENCODER_FILE)
@@ -223,7 +233,7 @@ def run_pretraining(plan: Plan, storage: Storage, name: str, resources: dict, ev
         return encoders, True
     trials = [{**job.config, "trial_key": job.trial_key, "config_name": f"pretrain_{job.source}", "stage": "pretrain"}
               for job in missing]
-    grid, interrupted = run_stage(plan, storage, name, "pretrain", trials, resources, {}, events)
+    grid, interrupted = run_stage(plan, storage, name, "pretrain", trials, resources, weights, events)
     if interrupted:
         return encoders, False
     for result in grid:

@@ -89,7 +89,7 @@ def check(config) -> None:
     """Build the model on the CPU and run one tiny batch: a ConfigError names what is wrong."""
     import torch
 
-    model = build(config).eval()
+    model = build(config.replace(pretrain="none", freeze="none")).eval()  # the weights come later, in the trial
     height, width = config.crop_size or config.image_size
     with torch.no_grad():
         output = model.net(torch.zeros(1, 3, height, width))
