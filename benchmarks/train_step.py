@@ -54,9 +54,10 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
 
     from trainables import cuda_graphs, metrics
     from trainables.config import TrainConfig
-    from trainables.engine import make_optimizer, seed_everything, train_one_epoch
+    from trainables.engine import seed_everything, train_one_epoch
     from trainables.models import build_model
     from trainables.models.transfer import trainable_parameters
+    from trainables.optim import make_optimizer
     from trainables.step import autocast_context
 
     fast = variant != "fp32"
@@ -74,7 +75,7 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
         model = model.to(memory_format=torch.channels_last)
     params = trainable_parameters(model)
     if fast:
-        optimizer = make_optimizer(config, params, device)  # fused on CUDA
+        optimizer = make_optimizer(config, model, device)  # fused on CUDA
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay)
     criterion = nn.CrossEntropyLoss(ignore_index=metrics.IGNORE_INDEX)
