@@ -51,10 +51,9 @@ class SegmentationLoss(nn.Module):
 
 def _one_hot(masks: torch.Tensor, classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(one-hot targets [N, C, H, W] as float, zero at ignored pixels; the labelled pixels [N, 1, H, W] as float)."""
-    labelled = masks != IGNORE_INDEX
-    target = F.one_hot(torch.where(labelled, masks, 0), classes).permute(0, 3, 1, 2)
-    labelled = labelled.unsqueeze(1).float()
-    return target.float() * labelled, labelled
+    # A comparison, not F.one_hot: no value checks (which sync on CPU), nothing a CUDA graph could not replay.
+    target = masks.unsqueeze(1) == torch.arange(classes, device=masks.device).view(1, classes, 1, 1)
+    return target.float(), (masks != IGNORE_INDEX).unsqueeze(1).float()
 
 
 def _class_mean(per_class: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
