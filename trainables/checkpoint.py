@@ -1,6 +1,7 @@
 """A trial's checkpoint folder: what is in it, written and read without unpickling anything.
 
-    trial.json           always: {"epoch", "kind", "records": every EpochRecord so far, "best_epoch", ...}
+    trial.json           always: {"epoch", "kind", "records": every EpochRecord so far, "best_epoch",
+                         "class_weights": the loss's weight per class (null without), ...}
     state.pt             kind "training": the full training state to continue from (model, optimizer,
                          scheduler, RNG states, best weights so far), tensors and plain values only
     final.safetensors    kind "final": the weights after the last epoch
@@ -213,7 +214,7 @@ def save_checkpoint(directory: str | os.PathLike, snapshot, extra: dict | None =
     write_trial_json(directory, {**(extra or {}), "kind": kind, "epoch": snapshot.epoch,
                                  "best_epoch": result.best_epoch, "best_val_miou": result.best_val_miou,
                                  "has_best_weights": kind == FINAL and (directory / BEST_WEIGHTS).exists(),
-                                 "records": result.records})
+                                 "class_weights": result.class_weights, "records": result.records})
     return kind
 
 

@@ -15,9 +15,10 @@ autocast, loss, backward, optimizer step), so both modes do the same arithmetic:
 - The replay leaves the batch's loss and predicted classes in the graph's output buffers; the
   epoch loop adds them to its loss sum and confusion matrix on the device, as for an eager step
   (metrics.confusion_matrix never waits for the device), so there is one sync per epoch.
-- The optimizer is made capturable: `capturable=True`, its step counts on the device and its
-  learning rate a device tensor that the scheduler fills in place, so a replay uses the
-  current epoch's lr.
+- The optimizer is made capturable: `capturable=True` (Adam, AdamW), its step counts on the device
+  and its learning rate a device tensor that the scheduler fills in place (after each epoch, or
+  after each step for a per-iteration schedule: trainables/optim.py), so a replay uses the current
+  lr. SGD reads a tensor lr on the device only in its fused kernel: graphs with SGD need it.
 - Autocast runs without its weight-cast cache (a cached cast made during capture would be freed).
 
 `trainables/engine.fit` asks for the step with `graphed_train_step`; with `cuda_graphs` off it
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from trainables.config import TrainConfig
+from trainables.errors import ConfigError
 from trainables.step import autocast_context, train_step
 
 WARMUP_STEPS = 3
@@ -48,6 +50,10 @@ def graphed_train_step(config: TrainConfig, device: torch.device, model: nn.Modu
         print(f"warning: cuda_graphs is on but the device is {device.type}, not CUDA: the train step runs eagerly",
               file=sys.stderr, flush=True)
         return None
+    if isinstance(optimizer, torch.optim.SGD) and not all(group.get("fused") for group in optimizer.param_groups):
+        # foreach SGD reads a tensor lr with .item(), a sync that a capture cannot hold
+        raise ConfigError("fused_optimizer: cuda_graphs with optimizer sgd needs the fused kernel "
+                          "(fused_optimizer true or null)")
     return GraphedTrainStep(model, optimizer, criterion, autocast_context(config, device, cache_enabled=False),
                             config.batch_size, device)
 
@@ -102,12 +108,13 @@ class GraphedTrainStep:
 
 
 def make_capturable(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
-    """Adam/AdamW in the form a CUDA graph can replay: device step counts, a device-tensor learning rate.
+    """The optimizer in the form a CUDA graph can replay: device step counts, a device-tensor learning rate.
 
     Done after a resumed optimizer state is loaded (which brings back the saved options).
     """
     for group in optimizer.param_groups:
-        group["capturable"] = True
+        if "capturable" in group:  # Adam, AdamW; fused SGD takes a tensor lr as it is
+            group["capturable"] = True
         lr = group["lr"]
         if not (torch.is_tensor(lr) and lr.device == device):
             group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)

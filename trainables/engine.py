@@ -26,9 +26,10 @@ from trainables.config import TrainConfig
 from trainables.data import SPLITS, load_split
 from trainables.data.device import DeviceSplit
 from trainables.errors import ConfigError
-from trainables.losses import make_loss
+from trainables.losses import make_loss, resolve_class_weights
 from trainables.models import build_model
-from trainables.models.transfer import export_encoder_state, trainable_parameters
+from trainables.models.transfer import export_encoder_state
+from trainables.optim import base_lr, make_optimizer, make_scheduler, per_iteration
 from trainables.records import EpochRecord, format_record
 from trainables.step import autocast_context, outputs_of, train_step
 
@@ -42,6 +43,7 @@ class FitResult:
     best_epoch: int = 0
     status: str = "finished"  # finished | diverged
     encoder_state: dict | None = None  # set when config.export_encoder is "last" or "best"
+    class_weights: list[float] | None = None  # the loss's class weights (class_weights none: None)
 
 
 @dataclass
@@ -111,24 +113,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(config: TrainConfig, params: list[nn.Parameter], device: torch.device) -> torch.optim.Optimizer:
-    fused = device.type == "cuda" if config.fused_optimizer is None else config.fused_optimizer
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay,
-                                 fused=fused)
-    return torch.optim.Adam(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay, fused=fused)
-
-
-def make_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    if config.scheduler == "exponential":
-        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=config.gamma)
-    if config.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=config.step_size, gamma=config.gamma)
-    return torch.optim.lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
-
-
-
-
 def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -141,10 +125,12 @@ def train_one_epoch(
     hflip: bool,
     autocast,
     step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    after_step: Callable[[], object] | None = None,
 ) -> dict:
     """One pass over the shuffled split; loss and confusion stay on the device until the end.
 
     `step(images, masks)` trains on one batch (default: train_step, eagerly); a CUDA-graph step replaces it.
+    `after_step()` runs after each optimizer step: a per-iteration schedule's step.
     """
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
@@ -154,6 +140,8 @@ def train_one_epoch(
             loss, pred = train_step(model, optimizer, criterion, images, masks, autocast)
         else:
             loss, pred = step(images, masks)
+        if after_step is not None:
+            after_step()
         loss_sum += loss.double() * images.shape[0]
         confusion += metrics.confusion_matrix(pred, masks, num_classes)
     return {"loss": float(loss_sum) / len(data), **metrics.summarize(confusion)}
@@ -226,13 +214,16 @@ def fit(
     val_data = load_device_split(config, val_split, device, config.max_val_samples, reuse_data)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = make_optimizer(config, trainable_parameters(model), device)
-    scheduler = make_scheduler(config, optimizer)
-    criterion = make_loss(config)
+    class_weights = resolve_class_weights(config, train_data.masks)
+    optimizer = make_optimizer(config, model, device)
+    scheduler = make_scheduler(config, optimizer, math.ceil(len(train_data) / config.batch_size))
+    step_schedule = scheduler.step if per_iteration(config) else None
+    criterion = make_loss(config, None if class_weights is None else
+                          torch.tensor(class_weights, dtype=torch.float32, device=device))
     forward_model = torch.compile(model) if config.compile else model
     autocast = autocast_context(config, device)
 
-    result = FitResult()
+    result = FitResult(class_weights=class_weights)
     best_encoder: dict | None = None
     best_weights: dict | None = None
     start_epoch = 1
@@ -257,15 +248,16 @@ def fit(
     for epoch in range(start_epoch, config.epochs + 1):
         if config.fault_epoch == epoch and not (config.fault_once and resume_state is not None):
             inject_fault(config, model, epoch)
-        lr = float(optimizer.param_groups[0]["lr"])  # a device tensor when the step is a CUDA graph
+        lr = base_lr(optimizer)  # the epoch's first iteration's
         started = time.perf_counter()
         train = train_one_epoch(
             forward_model, optimizer, criterion, train_data,
             batch_size=config.batch_size, num_classes=config.classes,
-            generator=generator, hflip=config.hflip, autocast=autocast, step=step,
+            generator=generator, hflip=config.hflip, autocast=autocast, step=step, after_step=step_schedule,
         )
         train_seconds = time.perf_counter() - started
-        scheduler.step()
+        if step_schedule is None:
+            scheduler.step()
         record = EpochRecord(
             epoch=epoch, lr=lr, train_loss=train["loss"], train_miou=train["miou"],
             train_miou_present=train["miou_present"], images_per_second=len(train_data) / train_seconds,

@@ -23,15 +23,16 @@ def metric(doc: str, default: Any = None) -> Any:
 @dataclass
 class EpochRecord:
     epoch: int = metric("epoch number, from 1")
-    lr: float = metric("learning rate used in this epoch")
-    train_loss: float = metric("mean cross-entropy over the epoch's training pixels (255 ignored)")
+    lr: float = metric("learning rate of the epoch's first iteration (the encoder's: the head's is x head_lr_mult)")
+    train_loss: float = metric("training loss (the run's `loss`, class weights and aux head included; 255 "
+                               "ignored), the mean of the epoch's batches weighted by their images")
     train_miou: float = metric("train mIoU of the epoch (one confusion matrix over the split; absent classes count 0)")
     train_miou_present: float = metric("train mIoU over the classes present in target or prediction")
     images_per_second: float = metric("training images per second in this epoch")
     epoch_seconds: float = metric("wall time of the epoch, validation included")
     validated: bool = metric("this epoch was validated", False)
     diverged: bool = metric("the training loss was not finite: the run stopped here", False)
-    val_loss: float | None = metric("validation loss")
+    val_loss: float | None = metric("validation loss (as train_loss)")
     val_miou: float | None = metric("validation mIoU (one confusion matrix over the split)")
     val_miou_present: float | None = metric("validation mIoU over the classes present")
     val_pixel_accuracy: float | None = metric("validation pixel accuracy (255 ignored)")
