@@ -157,6 +157,25 @@ def test_default_table_when_the_study_declares_none(tmp_path):
     assert all(row.total == 3 for row in built[0].rows)
 
 
+def test_per_class_iou_table_names_the_classes_and_averages_the_last_validated_epochs(tmp_path):
+    storage, trials = fcn_study(tmp_path)
+    results = load_results(storage, "fcn")
+    path = report.write_report(results, tmp_path / "out")
+    names = results.plan.class_names("pets", 3)
+    text = path.read_text()
+    assert "**Per-class IoU**" in text and f"| row | {' | '.join(names)} |" in text
+    frame = pd.read_csv(tmp_path / "out" / "fcn.class-iou.csv")
+    for config_name, label in (("fcn_scratch", "FCN from scratch"), ("fcn_pretrained", "FCN (pretrained)")):
+        last = [[r for r in epoch_records(t) if r["validated"]][-1]["val_iou"] for t in trials
+                if t["config_name"] == config_name]
+        for class_id, name in enumerate(names):
+            line = frame[(frame["row"] == label) & (frame["class_id"] == class_id)].iloc[0]
+            values = [iou[class_id] for iou in last]
+            assert line["class"] == name and line["n"] == len(values)
+            assert line["mean"] == pytest.approx(statistics.fmean(values))
+            assert line["std"] == pytest.approx(statistics.stdev(values))
+
+
 def test_terminal_text_has_every_row(tmp_path):
     storage, _ = fcn_study(tmp_path)
     built = tables.build_tables(load_results(storage, "fcn"), [FCN_TABLE])
@@ -274,7 +293,8 @@ def test_search_study_gets_the_lr_figure(tmp_path):
     text = path.read_text()
     assert "](figures/search-lr.png)" in text
     # each sample has its own lr, so the default table has a row per trial (best first), not means over them
-    rows = [line.split(" | ")[0].lstrip("| ") for line in text.splitlines() if line.startswith("| arch=")]
+    results = text.split("**Per-class IoU**")[0]  # the results table (the per-class table has the same rows)
+    rows = [line.split(" | ")[0].lstrip("| ") for line in results.splitlines() if line.startswith("| arch=")]
     assert rows == ["arch=segformer_b0/pretrain=cityscapes, lr 0.003", "arch=segformer_b0/pretrain=none, lr 0.001",
                     "arch=fcn_resnet50/pretrain=imagenet, lr 0.0001", "arch=segformer_b0/pretrain=none, lr 0.002 †"]
     # no Optuna storage in this folder: both Optuna figures say so, and the report is still written

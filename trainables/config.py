@@ -220,6 +220,9 @@ class TrainConfig:
         if self.cuda_graphs and self.compile:
             raise ConfigError("cuda_graphs: not with compile (torch.compile makes its own CUDA graphs in mode "
                               "'reduce-overhead'); turn one of them off")
+        if self.cuda_graphs and self.optimizer == "sgd" and self.fused_optimizer is False:
+            raise ConfigError("cuda_graphs: SGD replays in a CUDA graph only with its fused kernel (the other reads "
+                              "the lr on the host); set fused_optimizer to null or true")
         if self.freeze == "encoder" and self.pretrain == "none":
             raise ConfigError("freeze: 'encoder' needs a pretrained encoder (pretrain is 'none')")
         weights = class_weight_values(self.class_weights)

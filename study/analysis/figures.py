@@ -25,13 +25,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from study.analysis.epochs import EpochIndex, class_ious
 from study.analysis.predictions import MAX_ROWS, Predictions
 from trainables.data.classes import IGNORE_INDEX, class_names, palette
 
 # Learning-curve figures: train and val of one metric on the same axes, so the gap can be read.
-PAIRS = {"loss": ("train_loss", "val_loss", "cross-entropy loss"), "miou": ("train_miou", "val_miou", "mIoU")}
+PAIRS = {"loss": ("train_loss", "val_loss", "loss"), "miou": ("train_miou", "val_miou", "mIoU")}
 PAIR_TITLES = {"loss": "Loss", "miou": "mIoU"}
-IOU_PREFIX = "val_iou_"
 GREY = "0.6"
 MARKERS = ("o", "s", "^", "D", "v", "P", "*", "h", "<", ">")
 STOPPED_MARKER = "X"
@@ -42,48 +42,6 @@ class FigureSkipped(Exception):
     """Nothing to draw yet; the message says why."""
 
 
-# -- epochs by trial ----------------------------------------------------------------
-class EpochIndex:
-    """The study's epochs, grouped by trial id once, so that each row's epochs are found without a scan."""
-
-    def __init__(self, epochs: pd.DataFrame):
-        self.frame = epochs
-        usable = not epochs.empty and "trial_id" in epochs and "epoch" in epochs
-        self.positions = epochs.groupby("trial_id", sort=False).indices if usable else {}
-
-    def grouped(self, groups, column: str) -> dict[int, pd.DataFrame]:
-        """Per group of trial ids (by its index in `groups`): mean, min and max of `column` per epoch.
-
-        Non-finite values (epochs without validation) are left out. One groupby for all groups.
-        """
-        if column not in self.frame:
-            return {}
-        positions, labels = [], []
-        for number, trial_ids in enumerate(groups):
-            for trial_id in trial_ids:
-                found = self.positions.get(trial_id)
-                if found is not None:
-                    positions.append(found)
-                    labels.append(np.full(len(found), number))
-        if not positions:
-            return {}
-        where = np.concatenate(positions)
-        values = pd.to_numeric(self.frame[column].iloc[where], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-        epochs = self.frame["epoch"].iloc[where].to_numpy(dtype=float, na_value=np.nan)
-        keep = np.isfinite(values) & np.isfinite(epochs)
-        data = pd.DataFrame({"group": np.concatenate(labels)[keep], "epoch": epochs[keep].astype(int),
-                             "value": values[keep]})
-        stats = data.groupby(["group", "epoch"])["value"].agg(["mean", "min", "max"])
-        return {int(group): part.droplevel(0) for group, part in stats.groupby(level=0)}
-
-    def last_validated(self, trial_ids) -> pd.DataFrame:
-        """The last validated epoch of each of these trials."""
-        found = [self.positions[t] for t in trial_ids if t in self.positions]
-        if not found or "val_miou" not in self.frame:
-            return self.frame.iloc[0:0]
-        rows = self.frame.iloc[np.concatenate(found)]
-        validated = rows[pd.to_numeric(rows["val_miou"], errors="coerce").notna()]
-        return validated.sort_values("epoch").groupby("trial_id", sort=False).tail(1)
 
 
 # -- learning curves ------------------------------------------------------------------
@@ -154,24 +112,25 @@ def learning_curves(rows, epochs: EpochIndex, title: str, pair: str, path) -> Pa
 
 
 # -- per-class IoU ------------------------------------------------------------------------
-def class_iou_bars(rows, epochs: EpochIndex, title: str, path) -> Path:
+def class_iou_bars(rows, epochs: EpochIndex, title: str, class_names, path) -> Path:
     """Per-class val IoU of each row at its trials' last validated epoch, mean over seeds (error bar: std),
-    each bar labelled with its value (an IoU of 0 is a bar of height 0 with "0.00" above it)."""
+    each bar labelled with its value (an IoU of 0 is a bar of height 0 with "0.00" above it).
+
+    `class_names(dataset, count)`: the names of a dataset's classes (the plan's declaration)."""
     bars = []
     for row in list(rows)[:MAX_ROWS]:
-        last = epochs.last_validated(row.trial_ids)
-        ious = last[_iou_columns(last)].apply(pd.to_numeric, errors="coerce").dropna(axis=1, how="all")
-        if not ious.empty:
-            bars.append((row, ious.mean(), ious.std().fillna(0.0)))
+        mean, std = class_ious(epochs, row.trial_ids)
+        if not mean.empty:
+            bars.append((row, mean, std.fillna(0.0)))
     if not bars:
         raise FigureSkipped("no finished trial with a validated epoch in this table yet")
-    count = max(_class_index(column) for _, mean, _ in bars for column in mean.index) + 1
+    count = max(int(index) for _, mean, _ in bars for index in mean.index) + 1
     names = class_names(next((row.dataset for row, _, _ in bars if row.dataset), None), count)
     figure, ax = _axes_with_legend(max(8.5, 0.45 * count * len(bars) + 3.5), 4.8,
                                    bottom=1.25 if count > 6 else 0.55)
     width = 0.8 / len(bars)
     for index, (row, mean, std) in enumerate(bars):
-        classes = np.array([_class_index(column) for column in mean.index])
+        classes = np.array([int(index) for index in mean.index])
         container = ax.bar(classes + (index - (len(bars) - 1) / 2) * width, mean.to_numpy(), width,
                            yerr=std.to_numpy(), capsize=2, label=_wrap(row.label), color=f"C{index % 10}")
         crowded = count * len(bars) > 12
@@ -453,15 +412,6 @@ def save(figure, path) -> Path:
 def _variant_style(number: int) -> tuple[str, str]:
     """A distinct (colour, marker) pair per variant: ten colours, the marker changing each round."""
     return f"C{number % 10}", MARKERS[(number + number // 10) % len(MARKERS)]
-
-
-def _iou_columns(frame: pd.DataFrame) -> list[str]:
-    columns = [c for c in frame.columns if c.startswith(IOU_PREFIX) and c[len(IOU_PREFIX):].isdigit()]
-    return sorted(columns, key=_class_index)
-
-
-def _class_index(column: str) -> int:
-    return int(column[len(IOU_PREFIX):])
 
 
 def _set_title(ax, text: str) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from study.analysis.compare import check_same_declarations, compare_frame, compare_grid
+from study.analysis.epochs import EpochIndex
 from study.analysis.predictions import MASK_IMAGES, MAX_ROWS, Predictions
 from study.analysis.protocol import planned_trials, protocol_differences, setup_grid
 from study.analysis.render import (
@@ -49,6 +50,8 @@ from study.analysis.tables import (
     TableRow,
     TrialFinder,
     build_tables,
+    class_iou_frame,
+    class_iou_grid,
     declared_tables,
     int_text,
     main_trials,
@@ -148,7 +151,7 @@ class _Context:
     results: StudyResults
     out: Path
     draw: _Figures
-    epochs: object  # figures.EpochIndex
+    epochs: EpochIndex
     predictions: Predictions
     records: dict = field(default_factory=dict)  # main trial id -> its record row
 
@@ -166,7 +169,7 @@ def _write_report(results: StudyResults, tables: list[Table], out: Path,
                               [t for _, t in found if t is not None][:MAX_ROWS]]
                              + ([best.to_dict()] if best is not None else []))
         draw = _Figures(out)
-        context = _Context(results, out, draw, draw.module.EpochIndex(results.epochs), predictions, records)
+        context = _Context(results, out, draw, EpochIndex(results.epochs), predictions, records)
         blocks = draw.finish(_blocks(context, tables, other, storage, columns))
     finally:
         predictions.close()
@@ -200,6 +203,7 @@ def _blocks(context: _Context, tables: list[Table], other: tuple[StudyResults, l
         blocks += [Text("**Results**:"), grid(*table_grid(table)), Text(TABLE_NOTE)]
         blocks += [Items(table.notes)] if table.notes else []
         blocks.append(DataFile(out / f"{stem}.csv"))
+        blocks += _class_iou_section(context, table, out / f"{stem}.class-iou.csv")
         if other:
             other_name = other[0].name
             blocks += _compare_section(table, other_name, other[1][index], results.name,
@@ -214,12 +218,23 @@ def _blocks(context: _Context, tables: list[Table], other: tuple[StudyResults, l
     return blocks + _best_model_section(context)
 
 
+def _class_iou_section(context: _Context, table: Table, csv_path: Path) -> list:
+    """The per-class IoU of each row, as MMSegmentation prints it, with its CSV."""
+    frame = class_iou_frame(table, context.epochs, context.results.plan.class_names)
+    shown = class_iou_grid(frame)
+    if shown is None:
+        return []
+    frame.to_csv(csv_path, index=False)
+    return [Text("**Per-class IoU** (validation, each finished trial's last validated epoch; mean ± sample std over "
+                 "seeds):"), grid(*shown), DataFile(csv_path)]
+
+
 def _table_figures(context: _Context, table: Table, stem: str, columns: list) -> list:
     figures, draw = context.draw.module, context.draw
     blocks = [draw(f"Learning curves, {figures.PAIR_TITLES[pair]}: {table.title}", figures.learning_curves,
                    table.rows, context.epochs, table.title, pair, stem=f"{stem}-{pair}") for pair in figures.PAIRS]
     blocks.append(draw(f"Per-class IoU: {table.title}", figures.class_iou_bars, table.rows, context.epochs,
-                       table.title, stem=f"{stem}-class-iou"))
+                       table.title, context.results.plan.class_names, stem=f"{stem}-class-iou"))
     blocks.append(draw.later(f"Predicted masks: {table.title}", figures.predicted_masks, columns,
                              context.predictions, f"{table.title}: each row's best seed at its best validated epoch",
                              stem=f"{stem}-masks"))

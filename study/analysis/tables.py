@@ -281,3 +281,47 @@ def table_frame(table: Table) -> pd.DataFrame:
                 "differs_from_first_row": significance_text(row, False) if tested else "",
             })
     return pd.DataFrame(lines)
+
+
+# -- per-class IoU, as MMSegmentation prints it after an evaluation --------------------------------
+WIDE_CLASSES = 12  # beyond this many classes the per-class table lists one class per line
+
+
+def class_iou_frame(table: Table, epochs, class_names) -> pd.DataFrame:
+    """Long form: one line per row and class: its val IoU at each finished trial's last validated epoch, mean and
+    sample std over those trials. `class_names(dataset, count)` names the classes (the plan's declaration)."""
+    from study.analysis.epochs import class_ious
+
+    lines = []
+    for row in table.rows:
+        mean, std = class_ious(epochs, row.trial_ids)
+        if mean.empty:
+            continue
+        count = int(max(mean.index)) + 1
+        names = class_names(row.dataset, count)
+        n = len(epochs.last_validated(row.trial_ids))
+        for class_id in range(count):
+            lines.append({"table": table.name, "row": row.label, "class_id": class_id, "class": names[class_id],
+                          "mean": float(mean.get(class_id, math.nan)), "std": float(std.get(class_id, math.nan)),
+                          "n": n})
+    return pd.DataFrame(lines, columns=["table", "row", "class_id", "class", "mean", "std", "n"])
+
+
+def class_iou_grid(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]] | None:
+    """A row per table row and a column per class (a line per class past WIDE_CLASSES classes); None if empty."""
+    if frame.empty:
+        return None
+
+    def cell(line) -> str:
+        if not math.isfinite(line["mean"]):
+            return "–"
+        return f"{line['mean']:.4f}" + (f" ± {line['std']:.4f}" if line["n"] > 1 else "")
+
+    labels = list(dict.fromkeys(frame["row"]))
+    classes = list(dict.fromkeys(zip(frame["class_id"], frame["class"])))
+    cells = {(line["row"], line["class_id"]): cell(line) for line in frame.to_dict("records")}
+    if len(classes) <= WIDE_CLASSES:
+        return ["row", *(name for _, name in classes)], \
+            [[label, *(cells.get((label, class_id), "–") for class_id, _ in classes)] for label in labels]
+    return ["class", *labels], [[name, *(cells.get((label, class_id), "–") for label in labels)]
+                                for class_id, name in classes]

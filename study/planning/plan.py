@@ -123,6 +123,8 @@ class Execution:
 class DatasetPlan:
     root: str  # absolute
     generate: dict | None  # {train, val, seed} of generated data, or None: real data only
+    # the dataset's declaration (trainables/data/declaration.py, to_dict()); {}: a plan before format 4 (a preset)
+    declaration: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,18 @@ class Plan:
             lows = {name: low for name, (_, low, _) in self.search.float_dims.items()}
             settings += [{**self.search.base_config, **variant, **lows} for variant in self.search.variants]
         return settings
+
+    def class_names(self, dataset: str | None, count: int) -> list[str]:
+        """The names of a dataset's classes, as declared; "class i" past their end."""
+        from trainables.data.classes import class_names
+
+        return class_names(dataset, count)
+
+    def palette(self, dataset: str | None, count: int) -> list[tuple[int, int, int]]:
+        """The colour of each class id of a dataset, as declared (or drawn when it declares none)."""
+        from trainables.data.classes import palette
+
+        return palette(dataset, count)
 
     def configs(self) -> list[dict]:
         """The settings of every job and planned trial (a search: its base settings)."""
