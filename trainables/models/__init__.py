@@ -47,6 +47,8 @@ class ModelFamily:
     # Those of the options that shape the encoder: a pretrained encoder fits only equal values.
     encoder_options: tuple[str, ...] = ()
     weights: tuple[str, ...] = ()  # built-in `pretrain` sources besides none and a file: imagenet, coco
+    # Architectures that take fewer options than the family's (e.g. no auxiliary head): arch -> its options.
+    arch_options: dict = field(default_factory=dict, compare=False)
     # (arch, settings) -> why these settings make no model of this family, or None
     rules: Callable[[str, dict], str | None] | None = field(default=None, compare=False)
     label: Callable[[dict], str] | None = field(default=None, compare=False)  # describe(); default: the arch
@@ -63,10 +65,15 @@ class ModelFamily:
             return f"pretrain: no '{pretrain}' weights exist for {arch} (the {self.name} family has: {has})"
         return self.rules(arch, settings) if self.rules else None
 
+    def options_for(self, arch: str) -> tuple[str, ...]:
+        """The model settings that mean something for `arch`."""
+        return self.arch_options.get(arch, self.options)
+
     def normalise(self, settings: dict, defaults: dict) -> dict:
-        """The settings with every model setting this family ignores at its default (one value, no repeats)."""
+        """The settings with every model setting the arch ignores at its default (one value, no repeats)."""
+        options = self.options_for(settings["arch"])
         for name in MODEL_SETTINGS:
-            if name not in self.options and name in defaults:
+            if name not in options and name in defaults:
                 settings[name] = defaults[name]
         return settings
 

@@ -37,6 +37,7 @@ FAMILY = ModelFamily(
     module=__name__,
     options=("aux_loss_weight", "imagenet_weights"),
     weights=("imagenet", "coco"),
+    arch_options={arch: ("imagenet_weights",) for arch, (_, has_aux) in ARCHS.items() if not has_aux},
     rules=_rules,
     label=_label,
 )
