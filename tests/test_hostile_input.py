@@ -102,7 +102,9 @@ def test_a_planted_pickle_never_runs_anywhere_a_file_is_loaded(capsys, tmp_path,
 def pristine_pets(tmp_path_factory):
     from trainables.data import synth_dataset
 
-    return synth_dataset("pets", tmp_path_factory.mktemp("pets"), train=3, val=2, seed=0, image_size=(32, 32))
+    root = tmp_path_factory.mktemp("pets")
+    synth_dataset("pets", root, train=3, val=2, seed=0, image_size=(32, 32))
+    return root
 
 
 # -- nothing escapes its folder ---------------------------------------------------------------
