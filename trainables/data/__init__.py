@@ -25,7 +25,7 @@ from trainables.data.presets import PRESETS
 from trainables.errors import ConfigError, DatasetError
 
 _LAZY = {"check_dataset": "trainables.data.check", "synth_dataset": "trainables.data.synth_layouts",
-         "synth_declared": "trainables.data.synth_layouts", "SYNTH_LAYOUTS": "trainables.data.synth_layouts",
+         "synth_declared": "trainables.data.synth_layouts", "SYNTH_LAYOUTS": "trainables.data.presets",
          "SplitArrays": "trainables.data.cache", "DatasetProblems": "trainables.data.cache"}
 # Each preset's own names of its train and val splits (pets: trainval and test).
 SPLITS = {name: tuple(preset(name).split_name(role) for role in ROLES) for name in PRESETS}

@@ -173,10 +173,12 @@ def open_label_image(source, name: str | None = None) -> Image.Image:
 
 
 def value_warnings(declaration: DataDeclaration, role: str, raw_values: list[int]) -> list[str]:
-    """The binary-mask traps: a split's masks hold only {0, 255} or only {0, 1} where the declaration reads
-    them as fewer than two classes, or declares more classes than two values can hold."""
+    """The binary-mask traps: a split's masks hold only {0, 255}, or only {0, 1} (besides the ignore index),
+    where the declaration reads them as fewer than two classes, or declares more classes than two values hold."""
     d = declaration
     present = set(raw_values)
+    if present != {0, 255}:
+        present -= {d.ignore_index}
     if present not in ({0, 255}, {0, 1}) or d.mask_encoding != "index":
         return []
     high = max(present)

@@ -1,7 +1,8 @@
 """The preset datasets: fixed values of a declaration's fields (plain data; declaration.py builds them).
 
 `{format: voc}` in a study file means exactly the values below; a preset entry takes no other key.
-Each preset also has the layout text that a missing folder's message shows.
+Each preset also has the layout text that a missing folder's message shows. The declarations of the
+generated layouts (`study data synth`) are here too, as plain data.
 """
 
 from __future__ import annotations
@@ -83,3 +84,31 @@ LAYOUTS = {
   annotations/training/ADE_train_<n>.png, annotations/validation/ADE_val_<n>.png
                                          0 other (ignored), 1-150 the classes""",
 }
+
+ROAD_CLASSES = ["background", "road", "car", "person"]
+ROAD_PALETTE = [[0, 0, 0], [128, 64, 128], [0, 0, 142], [220, 20, 60]]
+CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
+                  "bicyclist"]
+# The generated layouts (`study data synth LAYOUT`) and the declaration that reads each (synth_layouts.py writes
+# them; the README shows them).
+LAYOUT_DECLARATIONS = {
+    "pets": {"format": "pets"},
+    "cityscapes": {"format": "cityscapes"},
+    "folder": {"format": "folder", "images": "images", "masks": "masks", "image_suffix": ".jpg",
+               "mask_suffix": ".png", "mask_encoding": "index", "classes": ROAD_CLASSES,
+               "splits": {"train": {"subdir": "train"}, "val": {"list": "splits/val.txt"}}},
+    "folder-rgb": {"format": "folder", "images": "images", "masks": "masks", "image_suffix": ".jpg",
+                   "mask_suffix": "_mask.png", "mask_encoding": "rgb", "classes": ROAD_CLASSES,
+                   "palette": ROAD_PALETTE, "ignore_colors": [[255, 255, 255]],
+                   "splits": {"train": {"subdir": "train"}, "val": {"subdir": "val"}}},
+    "sibling": {"format": "folder", "image_suffix": ".png", "mask_suffix": ".png", "classes": CAMVID_CLASSES,
+                "ignore_index": 11,  # SegNet's CamVid: 11 is void
+                "splits": {"train": {"images": "train", "masks": "trainannot"},
+                           "val": {"images": "val", "masks": "valannot"}}},
+    "voc": {"format": "voc"},
+    "ade20k": {"format": "ade20k"},
+    "parquet": {"format": "parquet", "files": {"train": "data/train-*.parquet", "val": "data/validation-*.parquet"},
+                "image_column": "image", "label_column": "label", "id2label": "id2label.json"},
+}
+PARQUET_CLASSES = ["road", "sidewalk", "vegetation", "sky", "car"]
+SYNTH_LAYOUTS = tuple(LAYOUT_DECLARATIONS)

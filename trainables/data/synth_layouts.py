@@ -26,36 +26,11 @@ from trainables.data import synth
 from trainables.data.cache import available_cores
 from trainables.data.classes import distinct_colours, voc_colour
 from trainables.data.declaration import ROLES, DataDeclaration, declare
+from trainables.data.presets import LAYOUT_DECLARATIONS, PARQUET_CLASSES, SYNTH_LAYOUTS
 from trainables.errors import ConfigError, DatasetError
 
 MAX_PICTURES = 200_000
 DEFAULT_SIZE = (96, 128)
-ROAD_CLASSES = ["background", "road", "car", "person"]
-ROAD_PALETTE = [[0, 0, 0], [128, 64, 128], [0, 0, 142], [220, 20, 60]]
-CAMVID_CLASSES = ["sky", "building", "pole", "road", "pavement", "tree", "signsymbol", "fence", "car", "pedestrian",
-                  "bicyclist"]
-# The declaration mapping each layout is written for (synth_dataset returns it).
-LAYOUT_DECLARATIONS = {
-    "pets": {"format": "pets"},
-    "cityscapes": {"format": "cityscapes"},
-    "folder": {"format": "folder", "images": "images", "masks": "masks", "image_suffix": ".jpg",
-               "mask_suffix": ".png", "mask_encoding": "index", "classes": ROAD_CLASSES,
-               "splits": {"train": {"subdir": "train"}, "val": {"list": "splits/val.txt"}}},
-    "folder-rgb": {"format": "folder", "images": "images", "masks": "masks", "image_suffix": ".jpg",
-                   "mask_suffix": "_mask.png", "mask_encoding": "rgb", "classes": ROAD_CLASSES,
-                   "palette": ROAD_PALETTE, "ignore_colors": [[255, 255, 255]],
-                   "splits": {"train": {"subdir": "train"}, "val": {"subdir": "val"}}},
-    "sibling": {"format": "folder", "image_suffix": ".png", "mask_suffix": ".png", "classes": CAMVID_CLASSES,
-                "ignore_index": 11,  # SegNet's CamVid: 11 is void
-                "splits": {"train": {"images": "train", "masks": "trainannot"},
-                           "val": {"images": "val", "masks": "valannot"}}},
-    "voc": {"format": "voc"},
-    "ade20k": {"format": "ade20k"},
-    "parquet": {"format": "parquet", "files": {"train": "data/train-*.parquet", "val": "data/validation-*.parquet"},
-                "image_column": "image", "label_column": "label", "id2label": "id2label.json"},
-}
-PARQUET_CLASSES = ["road", "sidewalk", "vegetation", "sky", "car"]
-SYNTH_LAYOUTS = tuple(LAYOUT_DECLARATIONS)
 
 
 def synth_dataset(layout: str, root: str | Path, train: int, val: int, seed: int = 0,
@@ -93,16 +68,21 @@ def synth_declared(declaration: DataDeclaration, root: str | Path, train: int, v
     return root
 
 
-def synth_pixels(layout: str, train: int, val: int, seed: int = 0,
+def synth_pixels(layout: str | DataDeclaration, train: int, val: int, seed: int = 0,
                  image_size: int | tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """{role: int64 [256]}: the pixels of each class id (255 ignored) that synth_dataset(layout, ...) draws."""
+    """{role: int64 [256]}: the pixels of each class id (255 ignored) that synth_dataset(layout, ...), or
+    synth_declared(declaration, ...), draws. (A val carved as a fraction is the reader's choice: there, only
+    the two roles' sum is the split's.)"""
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if layout == "pets":
+    form = layout.format if isinstance(layout, DataDeclaration) else layout
+    if form == "pets":
         maps = synth.pets_classes(train, val, seed, size)
-    elif layout == "cityscapes":
+    elif form == "cityscapes":
         maps = synth.cityscapes_classes(train, val, seed, size)
     else:
-        plan = _Plan(_declared(layout, LAYOUT_DECLARATIONS[layout], None), train, val, seed, size or DEFAULT_SIZE)
+        declaration = layout if isinstance(layout, DataDeclaration) else _declared(
+            layout, LAYOUT_DECLARATIONS[layout], None)
+        plan = _Plan(declaration, train, val, seed, size or DEFAULT_SIZE)
         maps = ((role, plan.classes(index)) for index, role in enumerate(plan.roles))
     counts = {role: np.zeros(256, np.int64) for role in ROLES}
     for role, classes in maps:
@@ -190,11 +170,12 @@ class _Plan:
 
 def _raw_values(d: DataDeclaration) -> np.ndarray:
     """int64 [256]: the raw mask value (rgb: palette position) written for each class id and for 255
-    (ignored), the smallest that is read as it; -1 where none is."""
+    (ignored): a label_map key where one is read as it (the map says how the data is stored), else the
+    smallest value that is; -1 where none is."""
     rgb = d.mask_encoding == "rgb"
-    candidates = range(len(d.palette)) if rgb else sorted(set(range(256)) | set(d.label_map) | {d.ignore_index})
+    candidates = range(len(d.palette)) if rgb else set(range(256)) | {d.ignore_index}
     raw = np.full(256, -1, np.int64)
-    for value in sorted(candidates, reverse=True):
+    for value in [*sorted(set(candidates) - set(d.label_map), reverse=True), *sorted(d.label_map, reverse=True)]:
         class_id = d.class_of_value(value)
         if class_id is not None:
             raw[class_id] = value
