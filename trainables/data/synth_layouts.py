@@ -30,6 +30,7 @@ from trainables.data.presets import LAYOUT_DECLARATIONS, PARQUET_CLASSES, SYNTH_
 from trainables.errors import ConfigError, DatasetError
 
 MAX_PICTURES = 200_000
+MAX_SIDE = 4096
 DEFAULT_SIZE = (96, 128)
 
 
@@ -58,6 +59,8 @@ def synth_declared(declaration: DataDeclaration, root: str | Path, train: int, v
     if root.exists() and not root.is_dir():
         raise DatasetError(f"{root} is a file, not a folder to generate the {declaration.format} dataset in")
     size = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if size is not None and (len(size) != 2 or not all(1 <= side <= MAX_SIDE for side in size)):
+        raise ConfigError(f"image_size: expected (height, width) from 1 to {MAX_SIDE} pixels, got {image_size!r}")
     if declaration.format == "pets":
         synth.write_pets(root, train, val, seed, size)
     elif declaration.format == "cityscapes":
