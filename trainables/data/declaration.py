@@ -44,7 +44,7 @@ def _key(default: Any, doc: str) -> Any:
 
 @dataclass(frozen=True)
 class DataDeclaration:
-    format: str = field(metadata={"doc": "folder | parquet | pets | cityscapes | voc | ade20k (the last four are "
+    format: str = field(metadata={"doc": "folder, parquet, pets, cityscapes, voc or ade20k (the last four are "
                                          "presets: fixed values of every other key)"})
     images: str = _key("images", "folder: the images' folder under root, searched recursively")
     masks: str = _key("masks", "folder: the masks' folder under root; a pair = the same relative path with the "
@@ -52,8 +52,8 @@ class DataDeclaration:
     image_suffix: str = _key(".jpg", "folder: how an image's file name ends")
     mask_suffix: str = _key(".png", "folder: how a mask's file name ends, e.g. _mask.png or "
                                     "_gtFine_labelTrainIds.png; .jpg masks are refused (lossy)")
-    mask_encoding: str = _key("index", "index: pixel value = class id (P-mode PNGs too) | rgb: colour -> class id "
-                                       "through palette")
+    mask_encoding: str = _key("index", "index (pixel value = class id; P-mode PNGs too) or rgb (colour -> class id "
+                                       "through palette)")
     classes: tuple[str, ...] = _key((), "class names; class id = position; required for folder and parquet "
                                         "(parquet: or id2label)")
     palette: tuple[tuple[int, int, int], ...] | None = _key(None, "[[r, g, b], ...]: rgb: required, a colour's "
