@@ -4,9 +4,10 @@ One generated folder dataset (the `folder` layout: JPEG images, index PNG masks,
 the largest size is written once under benchmarks/.work/; each size N is a declaration whose list splits
 name its first N images. For each size, `check_dataset` runs cold (a fresh cache folder: list, decode,
 validate every mask, count, write the caches) and warm (the rerun `study run` does before each start: list
-the files, read meta.json), --repeats times each; min and median. The files are in the OS page cache
-after the first run, as they are for a rerun. A least-squares line over the sizes gives the cost per
-image and the fixed cost; R^2 near 1 and a flat ms per image say it is linear.
+the files, read meta.json), --repeats times each, the sizes interleaved within each repeat (a shared
+machine's changing load then falls on all sizes alike); min and median. The files are in the OS page
+cache after the first run, as they are for a rerun. A least-squares line over the sizes gives the cost
+per image and the fixed cost; R^2 near 1 and a flat ms per image say it is linear.
 
     python benchmarks/data_check.py [--sizes 1000 2500 5000 10000] [--repeats 3] [--image-size 64]
 """
@@ -91,21 +92,20 @@ def main() -> int:
     args = parser.parse_args()
     root, mapping = dataset(max(args.sizes), args.image_size)
     caches = WORK / "data-check-caches"
-    results = []
-    for size in args.sizes:
-        declaration = subset(root, mapping, size)
-        cold, warm = [], []
-        for _ in range(args.repeats):
+    declarations = {size: subset(root, mapping, size) for size in args.sizes}
+    cold = {size: [] for size in args.sizes}
+    warm = {size: [] for size in args.sizes}
+    for repeat in range(args.repeats):  # sizes interleaved: a machine's changing load falls on all of them alike
+        for size in args.sizes:
             shutil.rmtree(caches, ignore_errors=True)
-            seconds, report = timed_check(declaration, root, args.image_size, caches)
-            cold.append(seconds)
-            warm.append(timed_check(declaration, root, args.image_size, caches)[0])
-        samples = sum(info["samples"] for info in report["splits"].values())
-        assert samples == size, (samples, size)
-        results.append({"images": size, "cold_seconds": cold, "warm_seconds": warm,
-                        "cold_min": min(cold), "cold_median": statistics.median(cold),
-                        "warm_min": min(warm), "warm_median": statistics.median(warm)})
-        say(f"{size} images: cold {min(cold):.2f} s, warm {min(warm):.3f} s (min of {args.repeats})")
+            seconds, report = timed_check(declarations[size], root, args.image_size, caches)
+            cold[size].append(seconds)
+            warm[size].append(timed_check(declarations[size], root, args.image_size, caches)[0])
+            assert sum(info["samples"] for info in report["splits"].values()) == size
+            say(f"run {repeat + 1}/{args.repeats}, {size} images: cold {seconds:.2f} s, warm {warm[size][-1]:.3f} s")
+    results = [{"images": size, "cold_seconds": cold[size], "warm_seconds": warm[size],
+                "cold_min": min(cold[size]), "cold_median": statistics.median(cold[size]),
+                "warm_min": min(warm[size]), "warm_median": statistics.median(warm[size])} for size in args.sizes]
     shutil.rmtree(caches, ignore_errors=True)
     sizes = [r["images"] for r in results]
     fits = {kind: line_fit(sizes, [r[f"{kind}_min"] for r in results]) for kind in ("cold", "warm")}
