@@ -18,6 +18,7 @@ from study import signals
 from study.errors import StudyError
 from study.planning.spec import MAX_TRIALS
 from trainables.config import CHOICES, PRESET_CLASSES, TrainConfig
+from trainables.data.presets import SYNTH_LAYOUTS
 from trainables.errors import TrainablesError
 
 DEFAULT = TrainConfig()
@@ -194,16 +195,21 @@ def build_parser() -> argparse.ArgumentParser:
     data_parser = commands.add_parser("data", help="generate or check datasets")
     data_parser.set_defaults(data_group=True)
     data = data_parser.add_subparsers(metavar="ACTION", parser_class=Parser)
-    synth = data.add_parser("synth", help="write a generated dataset in the real dataset's on-disk layout")
+    synth = data.add_parser("synth", help="write a generated dataset in a layout's exact on-disk form and print "
+                                           "the declaration that reads it")
     synth.set_defaults(handler=cmd_data_synth)
-    synth.add_argument("dataset", choices=("pets", "cityscapes"))
+    synth.add_argument("dataset", metavar="LAYOUT", choices=SYNTH_LAYOUTS, help=f"one of {', '.join(SYNTH_LAYOUTS)}")
     synth.add_argument("--root", required=True)
     synth.add_argument("--train", type=int, default=64)
     synth.add_argument("--val", type=int, default=32)
     synth.add_argument("--seed", type=int, default=0)
-    check = data.add_parser("check", help="validate a dataset tree and count pixels per class")
+    synth.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
+                       help="N or H W (default: pets a size per picture, cityscapes 128x256, others 96x128)")
+    check = data.add_parser("check", help="validate a dataset and count pixels per class: every bad file named, "
+                                          "binary-mask traps warned about")
     check.set_defaults(handler=cmd_data_check)
-    check.add_argument("dataset", choices=("pets", "cityscapes"))
+    check.add_argument("dataset", metavar="PRESET", choices=tuple(PRESET_CLASSES),
+                       help=f"a preset: {', '.join(PRESET_CLASSES)}")
     check.add_argument("--root", required=True)
     check.add_argument("--image-size", type=int, nargs="+", default=[64], metavar="N", help="N or H W")
     check.add_argument("--json", action="store_true", help="print exactly one JSON object")
@@ -348,26 +354,39 @@ def cmd_train(args) -> int:
 
 
 def cmd_data_synth(args) -> int:
+    import yaml
+
     from trainables.data import synth_dataset
 
-    path = synth_dataset(args.dataset, args.root, train=args.train, val=args.val, seed=args.seed)
-    print(f"wrote a generated {args.dataset} dataset ({args.train} train, {args.val} val) to {path}")
+    size = _image_size(args.image_size) if args.image_size else None
+    mapping = synth_dataset(args.dataset, args.root, train=args.train, val=args.val, seed=args.seed, image_size=size)
+    print(f"wrote a generated {args.dataset} dataset ({args.train} train, {args.val} val) to {args.root}")
+    entry = {"root": os.path.abspath(args.root), **mapping}
+    print("declare it in a study file as:\n" + yaml.safe_dump({"datasets": {"mydata": entry}}, sort_keys=False,
+                                                               default_flow_style=None).rstrip())
     return 0
 
 
 def cmd_data_check(args) -> int:
     from trainables.data import check_dataset
 
-    report = check_dataset(args.dataset, args.root, _image_size(args.image_size))
+    report = check_dataset(args.dataset, args.root, _image_size(args.image_size), name=args.dataset)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['dataset']} at {args.root}: OK")
-    for split, info in report["splits"].items():
+    print(format_check(report, args.root))
+    return 0
+
+
+def format_check(report: dict, root) -> str:
+    """`study data check`'s text: each split's samples and pixel shares, then the warnings."""
+    lines = [f"{report['dataset']} at {root}: OK"]
+    for role, info in report["splits"].items():
         total = sum(info["pixels"].values()) or 1
         shares = ", ".join(f"{cls}: {count} ({100 * count / total:.1f}%)" for cls, count in info["pixels"].items())
-        print(f"  {split}: {info['samples']} samples; pixels per class id: {shares}")
-    return 0
+        lines.append(f"  {role}: {info['samples']} samples; pixels per class id: {shares}")
+    lines += [f"warning: {warning}" for warning in report.get("warnings", ())]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

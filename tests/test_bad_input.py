@@ -59,9 +59,9 @@ def fails(capsys, *argv: str) -> str:
 def pristine(tmp_path_factory):
     """Small generated trees in the real layouts, copied before each damage."""
     base = tmp_path_factory.mktemp("pristine")
-    return {"pets": synth_dataset("pets", base / "pets", train=3, val=2, seed=0, image_size=(40, 60)),
-            "cityscapes": synth_dataset("cityscapes", base / "cityscapes", train=2, val=2, seed=0,
-                                        image_size=(32, 64))}
+    synth_dataset("pets", base / "pets", train=3, val=2, seed=0, image_size=(40, 60))
+    synth_dataset("cityscapes", base / "cityscapes", train=2, val=2, seed=0, image_size=(32, 64))
+    return {"pets": base / "pets", "cityscapes": base / "cityscapes"}
 
 
 def copy_of(pristine, dataset: str, tmp_path: Path) -> Path:
@@ -146,7 +146,8 @@ def test_trimap_value_outside_1_to_3_is_named(capsys, pristine, tmp_path):
     values[0, 0] = 7
     Image.fromarray(values).save(trimap)
     err = check(capsys, "pets", root)
-    assert f"{trimap}: trimap values must be 1 (pet), 2 (background) or 3 (border); found [7]" in err
+    assert (f"{trimap}: values outside the classes (0-2) and the ignore index (255) after reduce_zero_label "
+            f"(value k is class k-1): 7 (1 pixel)") in err
 
 
 def test_cityscapes_label_id_outside_the_official_table_is_named(capsys, pristine, tmp_path):
@@ -156,7 +157,8 @@ def test_cityscapes_label_id_outside_the_official_table_is_named(capsys, pristin
     values[1, 2] = 250
     Image.fromarray(values).save(label)
     err = check(capsys, "cityscapes", root)
-    assert f"{label}: label ids [250] are not in the Cityscapes label table (ids 0-33)" in err
+    assert (f"{label}: values outside the classes (0-18) and the ignore index (255) after label_map: "
+            f"250 (1 pixel)") in err
 
 
 def test_study_run_refuses_bad_data_before_ray_starts(capsys, pristine, tmp_path):
@@ -169,7 +171,7 @@ def test_study_run_refuses_bad_data_before_ray_starts(capsys, pristine, tmp_path
     raw["tables"] = raw["tables"][1:2]
     del raw["pretraining"]
     err = fails(capsys, "run", write_spec(tmp_path, raw), "--storage", tmp_path / "studies")
-    assert f"{trimap}: trimap values must be 1 (pet), 2 (background) or 3 (border); found [9]" in err
+    assert f"{trimap}: values outside the classes (0-2) and the ignore index (255)" in err and "9 (2,400 pixels)" in err
     assert not (tmp_path / "studies" / "smoke" / "plan.json").exists()
 
 

@@ -46,9 +46,9 @@ def datasets(tmp_path_factory):
     from trainables.data import synth_dataset
 
     base = tmp_path_factory.mktemp("fuzz-data")
-    return {"pets": synth_dataset("pets", base / "pets", train=4, val=2, seed=0, image_size=(32, 32)),
-            "cityscapes": synth_dataset("cityscapes", base / "cityscapes", train=2, val=2, seed=0,
-                                        image_size=(32, 64))}
+    synth_dataset("pets", base / "pets", train=4, val=2, seed=0, image_size=(32, 32))
+    synth_dataset("cityscapes", base / "cityscapes", train=2, val=2, seed=0, image_size=(32, 64))
+    return {"pets": base / "pets", "cityscapes": base / "cityscapes"}
 
 
 def outcome(argv: list, cwd: Path) -> tuple[int, str, str]:

@@ -10,6 +10,7 @@ import pytest
 from cityscapesscripts.helpers.labels import labels as official_labels
 from PIL import Image
 
+from trainables.config import PRESET_CLASSES
 from trainables.data import (
     CLASS_NAMES,
     NUM_CLASSES,
@@ -24,11 +25,13 @@ from trainables.errors import DatasetError
 
 
 def small_pets(tmp_path, train=6, val=2, size=(40, 60)):
-    return synth_dataset("pets", tmp_path / "pets", train=train, val=val, seed=1, image_size=size)
+    synth_dataset("pets", tmp_path / "pets", train=train, val=val, seed=1, image_size=size)
+    return tmp_path / "pets"
 
 
 def small_streets(tmp_path, train=4, val=2, size=(32, 64)):
-    return synth_dataset("cityscapes", tmp_path / "cityscapes", train=train, val=val, seed=1, image_size=size)
+    synth_dataset("cityscapes", tmp_path / "cityscapes", train=train, val=val, seed=1, image_size=size)
+    return tmp_path / "cityscapes"
 
 
 def pet_files(root, split):
@@ -63,8 +66,9 @@ def test_generated_trees_open_with_torchvision(pets_root, cityscapes_root):
 
 
 def test_generation_is_deterministic_and_refuses_to_overwrite(tmp_path):
-    first = synth_dataset("pets", tmp_path / "a", train=3, val=2, seed=7)
-    second = synth_dataset("pets", tmp_path / "b", train=3, val=2, seed=7)
+    assert synth_dataset("pets", tmp_path / "a", train=3, val=2, seed=7) == {"format": "pets"}
+    synth_dataset("pets", tmp_path / "b", train=3, val=2, seed=7)
+    first, second = tmp_path / "a", tmp_path / "b"
     files = sorted(p.relative_to(first) for p in first.rglob("*") if p.is_file())
     assert files and files == sorted(p.relative_to(second) for p in second.rglob("*") if p.is_file())
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
@@ -73,8 +77,9 @@ def test_generation_is_deterministic_and_refuses_to_overwrite(tmp_path):
 
 
 def test_public_constants():
-    assert SPLITS == {"pets": ("trainval", "test"), "cityscapes": ("train", "val")}
-    assert NUM_CLASSES == {"pets": 3, "cityscapes": 19}
+    assert SPLITS == {"pets": ("trainval", "test"), "cityscapes": ("train", "val"), "voc": ("train", "val"),
+                      "ade20k": ("training", "validation")}
+    assert NUM_CLASSES == {"pets": 3, "cityscapes": 19, "voc": 21, "ade20k": 150} == PRESET_CLASSES
     assert CLASS_NAMES["pets"] == ("pet", "background", "border")
     names = CLASS_NAMES["cityscapes"]
     assert len(names) == 19 and names[:3] == ("road", "sidewalk", "building") and names[-1] == "bicycle"
@@ -300,7 +305,7 @@ def test_missing_list_file_and_malformed_line(tmp_path):
     (annotations / "test.txt").unlink()
     with pytest.raises(DatasetError, match="test.txt is missing"):
         load("pets", root, "test", 32, tmp_path / "cache")
-    (annotations / "trainval.txt").write_text("Abyssinian_1 1 1\n")
+    (annotations / "trainval.txt").write_text("../../../etc/passwd 1 1\n")
     with pytest.raises(DatasetError, match="trainval.txt, line 1"):
         load("pets", root, "trainval", 32, tmp_path / "cache")
 
@@ -340,8 +345,10 @@ def test_trimap_values_outside_1_to_3(tmp_path):
         values[0, :3] = (0, 7, 1)
         Image.fromarray(values).save(trimap)
 
-    root, _, trimap = bad_pets(tmp_path, write_bad_trimap)
-    with pytest.raises(DatasetError, match=re.escape(f"{trimap}: trimap values") + r".* found \[0, 7\]"):
+    root, _, trimap = bad_pets(tmp_path, write_bad_trimap)  # 0 is read as ignored (reduce_zero_label), 7 is no class
+    expected = (f"{trimap}: values outside the classes (0-2) and the ignore index (255) after reduce_zero_label "
+                f"(value k is class k-1): 7 (1 pixel)")
+    with pytest.raises(DatasetError, match=re.escape(expected)):
         load("pets", root, "trainval", 32, tmp_path / "cache")
 
 
@@ -351,7 +358,8 @@ def test_cityscapes_label_id_outside_the_table(tmp_path):
     values = np.asarray(Image.open(label)).copy()
     values[3, 3] = 200
     Image.fromarray(values).save(label)
-    with pytest.raises(DatasetError, match=re.escape(f"{label}: label ids [200] are not in the Cityscapes label")):
+    with pytest.raises(DatasetError, match=re.escape(f"{label}: values outside the classes (0-18) and the ignore "
+                                                     f"index (255) after label_map: 200 (1 pixel)")):
         load("cityscapes", root, "train", 32, tmp_path / "cache")
 
 
@@ -368,12 +376,12 @@ def test_cityscapes_image_without_label_is_named(tmp_path):
 def test_check_dataset_report(dataset, pets_root, cityscapes_root):
     root = pets_root if dataset == "pets" else cityscapes_root
     report = json.loads(json.dumps(check_dataset(dataset, root, (24, 40))))
-    assert report["dataset"] == dataset and list(report["splits"]) == list(SPLITS[dataset])
+    assert report["dataset"] == dataset and list(report["splits"]) == ["train", "val"]
     for info in report["splits"].values():
         assert set(info) == {"samples", "pixels"}
         assert sum(info["pixels"].values()) == info["samples"] * 24 * 40
         assert {str(c) for c in range(NUM_CLASSES[dataset])} <= set(info["pixels"]) <= {
             str(c) for c in range(NUM_CLASSES[dataset])} | {"255"}
-    assert report["splits"][SPLITS[dataset][0]]["samples"] == {"pets": 48, "cityscapes": 16}[dataset]
+    assert report["splits"]["train"]["samples"] == {"pets": 48, "cityscapes": 16}[dataset]
     if dataset == "cityscapes":
         assert report["splits"]["train"]["pixels"]["255"] > 0

@@ -102,7 +102,9 @@ def test_a_planted_pickle_never_runs_anywhere_a_file_is_loaded(capsys, tmp_path,
 def pristine_pets(tmp_path_factory):
     from trainables.data import synth_dataset
 
-    return synth_dataset("pets", tmp_path_factory.mktemp("pets"), train=3, val=2, seed=0, image_size=(32, 32))
+    root = tmp_path_factory.mktemp("pets")
+    synth_dataset("pets", root, train=3, val=2, seed=0, image_size=(32, 32))
+    return root
 
 
 # -- nothing escapes its folder ---------------------------------------------------------------
@@ -142,7 +144,7 @@ def test_a_split_list_naming_a_file_outside_the_dataset_is_refused(capsys, tmp_p
     listing = root / "oxford-iiit-pet" / "annotations" / "trainval.txt"
     listing.write_text("../../../../etc/passwd 1 1 1\n" + listing.read_text())
     err = fails(capsys, "data", "check", "pets", "--root", root, "--image-size", "32")
-    assert f"{listing}, line 1: '../../../../etc/passwd' is not an image name" in err
+    assert f"{listing}, line 1: '../../../../etc/passwd' is not a file stem under" in err
     listing.write_bytes(b"Abyssinian_1 1 1 1\n\xff\xfe\n")
     err = fails(capsys, "data", "check", "pets", "--root", root, "--image-size", "32")
     assert f"{listing}: not UTF-8 text" in err

@@ -23,7 +23,7 @@ from torch import nn
 from trainables import cuda_graphs, metrics
 from trainables.checkpoint import get_rng_state, set_rng_state
 from trainables.config import TrainConfig
-from trainables.data import SPLITS, load_split
+from trainables.data import DataDeclaration, load_split, preset
 from trainables.data.device import DeviceSplit
 from trainables.errors import ConfigError
 from trainables.losses import make_loss, resolve_class_weights
@@ -172,12 +172,14 @@ _LAST_SPLITS: dict[tuple, DeviceSplit] = {}
 
 
 def load_device_split(config: TrainConfig, split: str, device: torch.device, max_samples: int | None,
-                      reuse: bool = False) -> DeviceSplit:
-    key = (config.dataset, config.data_root, split, tuple(config.image_size), config.cache_dir, max_samples,
+                      reuse: bool = False, data: DataDeclaration | None = None) -> DeviceSplit:
+    """The role `split` (train or val) of `data` (None: the preset config.dataset) on the device."""
+    data = data if data is not None else preset(config.dataset)
+    key = (data, config.data_root, split, tuple(config.image_size), config.cache_dir, max_samples,
            str(device), config.channels_last)
     if reuse and key in _LAST_SPLITS:
         return _LAST_SPLITS[key]
-    arrays = load_split(config.dataset, config.data_root, split, config.image_size, config.cache_dir,
+    arrays = load_split(data, config.data_root, split, config.image_size, config.cache_dir,
                         max_samples=max_samples)
     data = DeviceSplit(arrays.images, arrays.masks, device, channels_last=config.channels_last)
     if reuse:
@@ -189,6 +191,7 @@ def load_device_split(config: TrainConfig, split: str, device: torch.device, max
 
 def fit(
     config: TrainConfig,
+    data: DataDeclaration | None = None,
     *,
     on_epoch_end: EpochCallback | None = None,
     resume_state: dict | None = None,
@@ -198,10 +201,14 @@ def fit(
 ) -> FitResult:
     """Train `config.epochs` epochs (or the rest of them after `resume_state`).
 
+    `data`: the dataset's declaration (None: the preset named config.dataset), read at config.data_root.
     `weights`: for pretrain imagenet or coco, the file to read them from (default: where the model's family looks).
     `reuse_data`: keep this run's device splits for the next run in this process on the same data
     (they are read-only while training: batches are gathered copies).
     """
+    data = data if data is not None else preset(config.dataset)
+    if data.num_classes != config.classes:
+        raise ConfigError(f"num_classes: {config.classes}, but the dataset declares {data.num_classes} classes")
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
     device = resolve_device(config.device)
@@ -209,9 +216,8 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
 
     model = build_model(config, weights).to(device)  # first: missing weights fail before any data work
-    train_split, val_split = SPLITS[config.dataset]
-    train_data = load_device_split(config, train_split, device, config.max_train_samples, reuse_data)
-    val_data = load_device_split(config, val_split, device, config.max_val_samples, reuse_data)
+    train_data = load_device_split(config, "train", device, config.max_train_samples, reuse_data, data)
+    val_data = load_device_split(config, "val", device, config.max_val_samples, reuse_data, data)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     class_weights = resolve_class_weights(config, train_data.masks)

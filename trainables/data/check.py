@@ -1,32 +1,82 @@
-"""Validate a dataset tree and count its pixels per class at the working resolution."""
+"""Check a declared dataset before any training: every problem named, pixels counted per class.
+
+Both splits are listed before anything is decoded (a missing folder stops here, with the layout it
+expected), then decoded through the cache, which counts each class's pixels at the working resolution
+and notes which raw values the masks hold (meta.json). Every bad file of both splits is named before
+this raises, and then no cache is kept; when all is well the caches are kept, so a rerun (as `study
+run` does before every start) lists the files and reads meta.json, decoding nothing.
+"""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
-import numpy as np
+from trainables.data import ROLES, DataDeclaration, as_size, cache_label, resolve
+from trainables.data.cache import DatasetProblems, build, cached_meta, commit, default_cache_dir, plan_cache
+from trainables.data.labels import value_warnings
+from trainables.data.layouts import list_split
 
-from trainables.errors import ConfigError
 
+def check_dataset(declaration: DataDeclaration | str, root: str | Path, image_size: int | tuple[int, int] = (64, 64),
+                  name: str | None = None, cache_dir: str | Path | None = None, progress: bool = True,
+                  workers: int | None = None) -> dict:
+    """{"dataset", "image_size": [H, W], "splits": {role: {"samples": N, "pixels": {"0": n, ...}}}, "warnings"}.
 
-def check_dataset(dataset: str, root: str | Path, image_size: int | tuple[int, int] = (64, 64)) -> dict:
-    """{"dataset", "image_size": [H, W], "splits": {split: {"samples": N, "pixels": {"0": n, ...}}}}.
-
-    Every split is decoded (through the cache, which this builds or reuses), so a bad
-    file raises DatasetError naming it. Pixel counts are taken after label mapping;
-    "255" (ignore) appears only where such pixels exist.
+    "pixels" has every class id and "255" (ignored) where such pixels exist, counted after every label
+    transform. Raises DatasetError with one line per problem (DatasetProblems) when any file is bad.
     """
-    from trainables.data import NUM_CLASSES, SPLITS, as_size, load_split  # the package imports this module
-
-    if dataset not in SPLITS:
-        raise ConfigError(f"unknown dataset {dataset!r}; known: {list(SPLITS)}")
+    declaration = resolve(declaration)
+    root = Path(root).expanduser()
     size = as_size(image_size)
-    report = {"dataset": dataset, "image_size": list(size), "splits": {}}
-    for split in SPLITS[dataset]:
-        arrays = load_split(dataset, root, split, size)
-        counts = np.bincount(np.asarray(arrays.masks).ravel(), minlength=256)
-        pixels = {str(class_id): int(counts[class_id]) for class_id in range(NUM_CLASSES[dataset])}
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir(root)
+    listed = {role: list_split(declaration, root, role) for role in ROLES}
+    problems = [line for _, found in listed.values() for line in found]
+    metas, built = {}, []
+    try:
+        for role, (samples, _) in listed.items():
+            if not samples:
+                problems.append(f"the {role} split ({declaration.split_name(role)}) at {root} has no samples")
+                continue
+            planned, _ = plan_cache(declaration.format, cache_label(declaration, role), root, samples, size,
+                                    cache_dir)
+            meta = cached_meta(planned)
+            if meta is None:
+                try:
+                    partial = build(planned, progress, workers)
+                except DatasetProblems as error:
+                    problems += error.problems
+                    continue
+                built.append((partial, planned.folder))
+                meta = json.loads((partial / "meta.json").read_text())
+            metas[role] = meta
+        if problems:
+            raise DatasetProblems(problems)
+        while built:
+            commit(*built.pop())
+    finally:
+        for partial, _ in built:  # bad data: nothing is kept
+            shutil.rmtree(partial, ignore_errors=True)
+    report = {"dataset": name or declaration.format, "image_size": list(size), "splits": {}, "warnings": []}
+    for role, meta in metas.items():
+        counts = meta["pixels"]
+        pixels = {str(class_id): int(counts[class_id]) for class_id in range(declaration.num_classes)}
         if counts[255]:
             pixels["255"] = int(counts[255])
-        report["splits"][split] = {"samples": int(arrays.masks.shape[0]), "pixels": pixels}
+        report["splits"][role] = {"samples": int(meta["count"]), "pixels": pixels}
+        if meta.get("raw_values") is not None:
+            report["warnings"] += value_warnings(declaration, role, meta["raw_values"])
+    report["warnings"] += _shared_images(listed)
     return report
+
+
+def _shared_images(listed: dict) -> list[str]:
+    """A warning when the same image is in both splits: validation would measure memory, not learning."""
+    train, val = ({(s.image, s.row) for s in listed[role][0]} for role in ROLES)
+    shared = sorted(train & val, key=str)
+    if not shared:
+        return []
+    first = shared[0][0] if shared[0][1] is None else f"{shared[0][0]}, row {shared[0][1]}"
+    return [f"{len(shared)} images are in both train and val (e.g. {first}); validation then measures "
+            f"memorisation: give each image one split"]

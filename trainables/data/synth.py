@@ -1,4 +1,5 @@
-"""Generated datasets in the exact on-disk layouts of Oxford-IIIT Pet and Cityscapes.
+"""Generated pictures of Oxford-IIIT Pet and Cityscapes in their exact on-disk layouts (synth_layouts.py
+calls them, with the other layouts).
 
 The pictures are simple but learnable: pets are blobby animals (body, head, ears,
 legs, tail) with warm fur colours and fine fur texture on cool, smoothly blotched or
@@ -18,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from trainables.data.cache import available_cores
-from trainables.errors import ConfigError, DatasetError
+from trainables.errors import DatasetError
 
 # -- pets ------------------------------------------------------------------------
 # A few real breeds: cats capitalised and dogs in lower case, as in the real file names.
@@ -63,44 +64,43 @@ STREET_COLOURS = {
 }
 FINE_TEXTURE = {SKY: 2, ROAD: 10, SIDEWALK: 6, BUILDING: 8, VEGETATION: 22, TERRAIN: 14, WALL: 5}  # noise, default 6
 TRAIN_CITIES = ("aachen", "bochum", "bremen")
-MAX_PICTURES = 200_000
 VAL_CITIES = ("frankfurt", "lindau", "munster")
 
 
-def synth_dataset(
-    dataset: str,
-    root: str | Path,
-    train: int,
-    val: int,
-    seed: int = 0,
-    image_size: int | tuple[int, int] | None = None,
-) -> Path:
-    """Write a generated dataset under root (which must not hold that dataset yet); returns root.
+def write_pets(root: Path, train: int, val: int, seed: int, size: tuple[int, int] | None) -> None:
+    """The pets tree under root; size None: a size drawn per picture (100-200 pixels each way)."""
+    _run(_write_pet, _plan_pets(root, train, val, seed, size))
 
-    image_size (height, width): pets default to a size drawn per picture (100-200
-    pixels each way); cityscapes default to 128x256, the real 1:2 aspect.
-    """
-    if dataset not in ("pets", "cityscapes"):
-        raise ConfigError(f"no generator for the dataset {dataset!r}; known: ['pets', 'cityscapes']")
-    if train < 1 or val < 1 or train + val > MAX_PICTURES:
-        raise ConfigError(f"a generated dataset needs 1 to {MAX_PICTURES:,} train and val pictures in all, "
-                          f"got {train} and {val}")
-    if seed < 0 or seed > 2**32 - 1:
-        raise ConfigError(f"--seed: expected an integer from 0 to {2**32 - 1}, got {seed}")
-    root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise DatasetError(f"{root} is a file, not a folder to generate the {dataset} dataset in")
-    size = (image_size, image_size) if isinstance(image_size, int) else image_size
-    if dataset == "pets":
-        jobs = _plan_pets(root, train, val, seed, size)
-        worker = _write_pet
-    else:
-        jobs = _plan_streets(root, train, val, seed, size or (128, 256))
-        worker = _write_street
+
+def write_cityscapes(root: Path, train: int, val: int, seed: int, size: tuple[int, int] | None) -> None:
+    """The Cityscapes tree under root; size None: 128x256, the real 1:2 aspect."""
+    _run(_write_street, _plan_streets(root, train, val, seed, size or (128, 256)))
+
+
+def pets_classes(train: int, val: int, seed: int, size: tuple[int, int]):
+    """(role, class ids) of each picture write_pets draws, without writing: trimap 1/2/3 -> 0/1/2."""
+    for index, (_, breed, _) in enumerate(_pet_names(train, val, seed)):
+        _, trimap = _draw_pet(seed, index, breed, size)
+        yield ("train" if index < train else "val"), trimap - 1
+
+
+def cityscapes_classes(train: int, val: int, seed: int, size: tuple[int, int] | None):
+    """(role, train ids) of each picture write_cityscapes draws, without writing."""
+    from trainables.data.classes import CITYSCAPES_TRAIN_IDS
+
+    table = np.full(256, 255, np.uint8)
+    for label_id, train_id in CITYSCAPES_TRAIN_IDS.items():
+        table[label_id] = train_id
+    height, width = size or (128, 256)
+    for index in range(train + val):
+        _, label_ids = _Street(np.random.default_rng([seed, 2, index]), height, width).draw()
+        yield ("train" if index < train else "val"), table[label_ids]
+
+
+def _run(worker, jobs: list[tuple]) -> None:
     # Threads: PIL encodes and numpy fills large arrays with the GIL released (1.4-1.9x on 2 cores).
     with concurrent.futures.ThreadPoolExecutor(available_cores()) as pool:
         list(pool.map(worker, jobs))
-    return root
 
 
 def _refuse_existing(*folders: Path) -> None:
@@ -111,23 +111,31 @@ def _refuse_existing(*folders: Path) -> None:
 
 
 # -- pets ----------------------------------------------------------------------------
+def _pet_names(train: int, val: int, seed: int) -> list[tuple[str, str, str]]:
+    """(name, breed, list line) of each picture, in order: the first `train` are trainval, the rest test."""
+    breeds = sorted(BREEDS, key=str.lower)
+    species_breeds = {1: [b for b in breeds if b[0].isupper()], 2: [b for b in breeds if b[0].islower()]}
+    picker = np.random.default_rng([seed, 0])
+    numbers = dict.fromkeys(breeds, 0)
+    names = []
+    for _ in range(train + val):
+        breed = breeds[picker.integers(len(breeds))]
+        numbers[breed] += 1
+        name = f"{breed}_{numbers[breed]}"
+        species = 1 if breed[0].isupper() else 2
+        names.append((name, breed, f"{name} {breeds.index(breed) + 1} {species} "
+                                    f"{species_breeds[species].index(breed) + 1}"))
+    return names
+
+
 def _plan_pets(root: Path, train: int, val: int, seed: int, size) -> list[tuple]:
     base = root / "oxford-iiit-pet"
     _refuse_existing(base)
     images, trimaps = base / "images", base / "annotations" / "trimaps"
     images.mkdir(parents=True)
     trimaps.mkdir(parents=True)
-    breeds = sorted(BREEDS, key=str.lower)
-    species_breeds = {1: [b for b in breeds if b[0].isupper()], 2: [b for b in breeds if b[0].islower()]}
-    picker = np.random.default_rng([seed, 0])
-    numbers = dict.fromkeys(breeds, 0)
     jobs, lines = [], {"trainval": [], "test": []}
-    for index in range(train + val):
-        breed = breeds[picker.integers(len(breeds))]
-        numbers[breed] += 1
-        name = f"{breed}_{numbers[breed]}"
-        species = 1 if breed[0].isupper() else 2
-        line = f"{name} {breeds.index(breed) + 1} {species} {species_breeds[species].index(breed) + 1}"
+    for index, (name, breed, line) in enumerate(_pet_names(train, val, seed)):
         lines["trainval" if index < train else "test"].append(line)
         jobs.append((seed, index, breed, size, str(images / f"{name}.jpg"), str(trimaps / f"{name}.png")))
     for split, split_lines in lines.items():
@@ -138,6 +146,12 @@ def _plan_pets(root: Path, train: int, val: int, seed: int, size) -> list[tuple]
 
 def _write_pet(job: tuple) -> None:
     seed, index, breed, size, image_path, trimap_path = job
+    picture, trimap = _draw_pet(seed, index, breed, size)
+    Image.fromarray(_to_uint8(picture)).save(image_path, quality=92)
+    Image.fromarray(trimap).save(trimap_path)
+
+
+def _draw_pet(seed: int, index: int, breed: str, size) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([seed, 1, index])
     height, width = size or (int(rng.integers(100, 201)), int(rng.integers(100, 201)))
     background = _pet_background(rng, height, width)
@@ -146,11 +160,10 @@ def _write_pet(job: tuple) -> None:
     # soft edges, as in photographs: the border band really is a mix of both
     alpha = _box_blur(pet_mask.astype(np.float32), 1)[..., None]
     picture = alpha * fur + (1 - alpha) * background
-    Image.fromarray(_to_uint8(picture)).save(image_path, quality=92)
     trimap = np.where(pet_mask, TRIMAP_PET, TRIMAP_BACKGROUND).astype(np.uint8)
     band = max(1, round(min(height, width) / 60))  # a few pixels, like the real trimaps
     trimap[_dilate(pet_mask, band) & _dilate(~pet_mask, band)] = TRIMAP_BORDER  # both sides of the outline
-    Image.fromarray(trimap).save(trimap_path)
+    return picture, trimap
 
 
 def _pet_shape(rng, height: int, width: int) -> np.ndarray:
