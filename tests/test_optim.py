@@ -200,7 +200,9 @@ def test_a_model_without_an_encoder_trains_every_parameter_at_lr():
 def small_pets(tmp_path_factory):
     from trainables.data import synth_dataset
 
-    return synth_dataset("pets", tmp_path_factory.mktemp("small-pets"), train=8, val=4)
+    root = tmp_path_factory.mktemp("small-pets")
+    synth_dataset("pets", root, train=8, val=4)
+    return root
 
 
 def recipe(root, tmp_path, **changes) -> TrainConfig:
