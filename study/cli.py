@@ -170,8 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     train = command("train", cmd_train, "one training run outside Ray, written to --out")
     train.add_argument("--arch", default=DEFAULT.arch,
                        help="an architecture (fcn_resnet50, segformer_b0, ...; see README) or module:function")
-    train.add_argument("--dataset", default=DEFAULT.dataset, choices=tuple(PRESET_CLASSES))
-    train.add_argument("--data-root", required=True)
+    train.add_argument("--dataset", default=DEFAULT.dataset,
+                       help=f"a preset ({', '.join(PRESET_CLASSES)}), or with --spec a dataset that study file "
+                            f"declares")
+    train.add_argument("--spec", metavar="STUDY.yaml", help="read --dataset's declaration (and root) from this "
+                                                             "study file")
+    train.add_argument("--data-root", help="the dataset's folder (required without --spec)")
     train.add_argument("--epochs", type=int, default=DEFAULT.epochs)
     train.add_argument("--batch-size", type=int, default=DEFAULT.batch_size)
     train.add_argument("--lr", type=float, default=DEFAULT.lr)
@@ -191,6 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=DEFAULT.seed)
     train.add_argument("--out", required=True, help="folder for config.json, metrics.jsonl and checkpoint/")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                       help="any other training setting (trainables/config.py), e.g. --set loss=dice "
+                            "--set scheduler=poly (repeatable; the value is read as YAML)")
 
     data_parser = commands.add_parser("data", help="generate or check datasets")
     data_parser.set_defaults(data_group=True)
@@ -208,10 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = data.add_parser("check", help="validate a dataset and count pixels per class: every bad file named, "
                                           "binary-mask traps warned about")
     check.set_defaults(handler=cmd_data_check)
-    check.add_argument("dataset", metavar="PRESET", choices=tuple(PRESET_CLASSES),
-                       help=f"a preset: {', '.join(PRESET_CLASSES)}")
-    check.add_argument("--root", required=True)
-    check.add_argument("--image-size", type=int, nargs="+", default=[64], metavar="N", help="N or H W")
+    check.add_argument("dataset", metavar="NAME", help=f"a preset ({', '.join(PRESET_CLASSES)}) with --root, or "
+                                                        f"a dataset a study file declares with --spec")
+    check.add_argument("--root", help="the preset's folder")
+    check.add_argument("--spec", metavar="STUDY.yaml", help="the study file that declares NAME (its root too)")
+    check.add_argument("--image-size", type=int, nargs="+", default=None, metavar="N",
+                       help="N or H W: the working resolution pixels are counted at (default: the study's "
+                            "train.image_size with --spec, else 64)")
     check.add_argument("--json", action="store_true", help="print exactly one JSON object")
     return parser
 
@@ -230,6 +240,47 @@ def _record(storage, name: str):
     for note in results.notes:
         print(f"note: {note}", file=sys.stderr)
     return results
+
+
+def _dataset_option(args, root: str | None, option: str):
+    """(declaration, root) of `args.dataset`: a dataset `--spec` declares (None: a preset) and its folder."""
+    from study.planning.spec import load_spec
+
+    if args.spec is None:
+        if args.dataset not in PRESET_CLASSES:
+            raise StudyError(f"dataset {args.dataset!r}: not a preset ({', '.join(PRESET_CLASSES)}); name the study "
+                             f"file that declares it with --spec")
+        if root is None:
+            raise StudyError(f"{option}: the {args.dataset} dataset's folder is needed (or --spec)")
+        return None, os.path.abspath(root)
+    spec = load_spec(args.spec)
+    if args.dataset not in spec.datasets:
+        raise StudyError(f"{args.spec}: declares no dataset {args.dataset!r} (it declares: "
+                         f"{', '.join(sorted(spec.datasets))})")
+    declared = spec.datasets[args.dataset]
+    return declared.declaration, os.path.abspath(root) if root else declared.root
+
+
+def _spec_image_size(path: str) -> list[int]:
+    from study.planning.spec import load_spec
+
+    return list(load_spec(path).search_base_config()["image_size"])
+
+
+def _settings(pairs: list[str]) -> dict:
+    """--set KEY=VALUE pairs as training settings (values read as YAML)."""
+    import yaml
+
+    settings = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        if not sep or not key:
+            raise StudyError(f"--set {pair!r}: expected KEY=VALUE, e.g. loss=dice")
+        try:
+            settings[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            settings[key.strip()] = text
+    return settings
 
 
 def _image_size(values: list[int]) -> tuple[int, int]:
@@ -340,14 +391,17 @@ def cmd_train(args) -> int:
     from study.storage import output_folder
     from trainables.local_run import train_to_folder
 
-    config = TrainConfig(
-        arch=args.arch, dataset=args.dataset, data_root=os.path.abspath(args.data_root), epochs=args.epochs,
+    declaration, root = _dataset_option(args, args.data_root, "--data-root")
+    settings = dict(
+        arch=args.arch, dataset=args.dataset, data_root=root, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, image_size=_image_size(args.image_size), pretrain=args.pretrain,
         freeze=args.freeze, segformer_stem=args.segformer_stem, optimizer=args.optimizer, scheduler=args.scheduler,
         val_interval=args.val_interval, max_train_samples=args.max_train_samples,
         max_val_samples=args.max_val_samples, export_encoder=args.export_encoder, device=args.device, seed=args.seed,
+        num_classes=declaration.num_classes if declaration is not None else None,
     )
-    result = train_to_folder(config, output_folder(args.out, "--out"), resume=args.resume)
+    config = TrainConfig.from_dict({**settings, **_settings(args.settings)})
+    result = train_to_folder(config, output_folder(args.out, "--out"), resume=args.resume, data=declaration)
     print(f"{result.status}: best val mIoU {result.best_val_miou:.4f} at epoch {result.best_epoch}; "
           f"results in {args.out}")
     return 0
@@ -370,11 +424,13 @@ def cmd_data_synth(args) -> int:
 def cmd_data_check(args) -> int:
     from trainables.data import check_dataset
 
-    report = check_dataset(args.dataset, args.root, _image_size(args.image_size), name=args.dataset)
+    declaration, root = _dataset_option(args, args.root, "--root")
+    size = args.image_size or (_spec_image_size(args.spec) if args.spec else [64])
+    report = check_dataset(declaration or args.dataset, root, _image_size(size), name=args.dataset)
     if args.json:
         print(json.dumps(report))
         return 0
-    print(format_check(report, args.root))
+    print(format_check(report, root))
     return 0
 
 

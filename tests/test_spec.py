@@ -239,7 +239,9 @@ def test_unknown_keys_suggest_the_closest_known_one():
                                                         "['adamw', 'adam', 'sgd'], got 'rmsprop'"),
     ("tables.0.rows.0.match", {"config_name": "nope"},
      "tables[0].rows[0].match: {'config_name': 'nope'} matches no trial of this study"),
-    ("datasets.kitti", {"root": "x"}, "datasets.kitti: expected one of ['pets', 'cityscapes'], got 'kitti'"),
+    ("datasets.kitti", {"root": "x"}, "datasets.kitti.format: required: one of ['folder', 'parquet', 'pets', "),
+    ("datasets.kitti", {"root": "x", "format": "folder", "mask_suffix": ".jpg"},
+     "datasets.kitti.mask_suffix: "),
     ("train.dataset", "cityscape", "train.dataset: 'cityscape' is not declared under datasets (declared: "
                                    "['cityscapes', 'pets']); did you mean 'cityscapes'?"),
     ("pretraining.cityscapes.export_encoder", "none", "pretraining.cityscapes.export_encoder: expected last or best"),

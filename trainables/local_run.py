@@ -25,7 +25,9 @@ from trainables.records import flat
 CHECKPOINT = "checkpoint"
 
 
-def train_to_folder(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False) -> FitResult:
+def train_to_folder(config: TrainConfig, out_dir: str | os.PathLike, resume: bool = False,
+                    data=None) -> FitResult:
+    """`data`: the dataset's declaration (None: the preset named config.dataset)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     metrics_file = out / "metrics.jsonl"
@@ -63,7 +65,7 @@ def train_to_folder(config: TrainConfig, out_dir: str | os.PathLike, resume: boo
             staging.rename(checkpoint)
             shutil.rmtree(previous, ignore_errors=True)
 
-    return fit(config, on_epoch_end=on_epoch_end, resume_state=resume_state,
+    return fit(config, data, on_epoch_end=on_epoch_end, resume_state=resume_state,
                log=lambda line: print(line, file=sys.stderr))
 
 

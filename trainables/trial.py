@@ -28,8 +28,9 @@ class StudyContext:
     stage_uri: str = ""  # the stage's folder (path or URI): a trial's folder is <stage_uri>/<trial_key>
     base: dict = field(default_factory=dict)  # searcher: settings shared by every variant
     variants: dict = field(default_factory=dict)  # searcher: label -> one valid categorical combination
-    encoders: dict = field(default_factory=dict)  # encoder_key(...) -> encoder file path or URI
+    encoders: dict = field(default_factory=dict)  # weights_key(...) -> encoder or weights file (path or URI)
     stopped: tuple = ()  # trial keys the scheduler stopped before the restored Tune state recorded it
+    datasets: dict = field(default_factory=dict)  # dataset name -> its declaration (DataDeclaration.to_dict())
 
 
 def resolve_trial(config: dict, context: StudyContext, trial_id: str | None = None) -> tuple[dict, TrainConfig]:

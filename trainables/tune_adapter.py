@@ -74,9 +74,18 @@ def train_trial(config: dict, context: StudyContext) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
     try:
-        fit(train_config, on_epoch_end=on_epoch_end, resume_state=resume_state, reuse_data=True, weights=weights)
+        fit(train_config, declaration(context, settings.dataset), on_epoch_end=on_epoch_end,
+            resume_state=resume_state, reuse_data=True, weights=weights)
     finally:
         release_memory()
+
+
+def declaration(context: StudyContext, dataset: str):
+    """The dataset's declaration from the study (None: the preset of that name, as `study train` reads it)."""
+    from trainables.data.declaration import DataDeclaration
+
+    declared = getattr(context, "datasets", None)  # a context pickled by a segstudy before declarations has none
+    return DataDeclaration.from_dict(declared[dataset]) if declared and dataset in declared else None
 
 
 def resident_mib() -> float | None:

@@ -27,7 +27,7 @@ from matplotlib.ticker import MaxNLocator
 
 from study.analysis.epochs import EpochIndex, class_ious
 from study.analysis.predictions import MAX_ROWS, Predictions
-from trainables.data.classes import IGNORE_INDEX, class_names, palette
+from trainables.data.classes import IGNORE_INDEX
 
 # Learning-curve figures: train and val of one metric on the same axes, so the gap can be read.
 PAIRS = {"loss": ("train_loss", "val_loss", "loss"), "miou": ("train_miou", "val_miou", "mIoU")}
@@ -158,9 +158,11 @@ def image_iou(prediction: np.ndarray, truth: np.ndarray, num_classes: int) -> fl
     return float((true_positive[present] / union[present]).mean()) if present.any() else float("nan")
 
 
-def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path:
+def predicted_masks(columns, predictions: Predictions, title: str, classes, path) -> Path:
     """Input, ground truth, then one column per (label, trial record row): the same validation images for
     every column, each prediction titled by its column's label and captioned with that image's IoU.
+    `classes` names and colours a dataset's classes: its `class_names(dataset, count)` and `palette(dataset,
+    count)` (the plan's declarations).
 
     Drawn as one mosaic image on one axes (not an axes per image): a grid of many small axes costs
     seconds in matplotlib's layout and text handling, the mosaic a few milliseconds.
@@ -173,9 +175,9 @@ def predicted_masks(columns, predictions: Predictions, title: str, path) -> Path
     # Input and ground truth are the first column's; a column of another dataset has other images.
     left_out = [label for label, p in predicted if p.config.dataset != first.config.dataset]
     predicted = [(label, p) for label, p in predicted if p.config.dataset == first.config.dataset]
-    names = class_names(first.config.dataset, first.config.classes)
+    names = classes.class_names(first.config.dataset, first.config.classes)
     colours = np.zeros((256, 3), dtype=np.uint8)  # ignored pixels stay black
-    colours[: len(names)] = np.array(palette(first.config.dataset, len(names)), dtype=np.uint8)
+    colours[: len(names)] = np.array(classes.palette(first.config.dataset, len(names)), dtype=np.uint8)
     height, width = _tile_size(first.images.shape[1:3])
     labels = ["input", "ground truth"] + [label for label, _ in predicted]
     count, across = min(len(p.images) for _, p in predicted), len(labels)

@@ -43,8 +43,10 @@ class Predicted:
 class Predictions:
     """Each model's masks on the first `count` validation images of its dataset, computed once per report."""
 
-    def __init__(self, count: int = MASK_IMAGES):
+    def __init__(self, count: int = MASK_IMAGES, declarations: dict | None = None):
+        """`declarations`: dataset name -> its declaration's dict (the plan's; a preset's name needs none)."""
         self.count = count
+        self.declarations = dict(declarations or {})
         self._masks: dict = {}
         self._queued: dict = {}  # trial key -> its index in the worker's request
         self._answers: dict = {}  # index -> the worker's answer, read ahead of need
@@ -66,7 +68,8 @@ class Predictions:
         try:
             self._worker = subprocess.Popen([sys.executable, "-m", "study.analysis.predictions"], stdin=subprocess.PIPE,
                                             stdout=subprocess.PIPE, text=True, env=env)
-            request = {"count": self.count, "which": "best", "folder": self._folder.name, "trials": list(todo.values())}
+            request = {"count": self.count, "which": "best", "folder": self._folder.name, "trials": list(todo.values()),
+                       "declarations": self.declarations}
             self._worker.stdin.write(json.dumps(request))
             self._worker.stdin.close()
         except OSError:  # no worker: each prediction is made here when it is needed
@@ -80,7 +83,7 @@ class Predictions:
         if key not in self._masks:
             answer = self._answer(self._queued[key]) if key in self._queued else None
             if answer is None:
-                self._masks[key] = predict_masks(trial, self.count, which)
+                self._masks[key] = predict_masks(trial, self.count, which, self.declarations)
             elif "error" in answer:
                 raise StudyError(answer["error"])
             else:
@@ -116,8 +119,9 @@ class Predictions:
             self._folder = None
 
 
-def predict_masks(trial: dict, count: int, which: str = "best") -> Predicted:
-    """One trial's model on the first `count` validation images of its dataset."""
+def predict_masks(trial: dict, count: int, which: str = "best", declarations: dict | None = None) -> Predicted:
+    """One trial's model on the first `count` validation images of its dataset (`declarations`: dataset name ->
+    its declaration's dict; a preset's name needs none)."""
     import torch
 
     from study.models.load import load_trial_model
@@ -129,8 +133,9 @@ def predict_masks(trial: dict, count: int, which: str = "best") -> Predicted:
     torch.set_num_threads(1)
     try:
         model, config = load_trial_model(trial, which)
-        images, truth = validation_images(config.dataset, config.data_root, tuple(config.image_size),
-                                          config.cache_dir, count)
+        declared = (declarations or {}).get(config.dataset)
+        images, truth = validation_images(json.dumps(declared, sort_keys=True) if declared else config.dataset,
+                                          config.data_root, tuple(config.image_size), config.cache_dir, count)
         split = DeviceSplit(images, truth, torch.device("cpu"))
         with torch.inference_mode():
             masks = model(split.normalize(split.images)).argmax(1).numpy().astype(np.uint8)
@@ -140,12 +145,14 @@ def predict_masks(trial: dict, count: int, which: str = "best") -> Predicted:
 
 
 @lru_cache(maxsize=8)
-def validation_images(dataset: str, root: str, size: tuple, cache_dir: str | None, count: int):
-    """(images, masks) of the first `count` validation samples at a working size; listing a split imports
-    torchvision, so this runs where the models do."""
-    from trainables.data import SPLITS, load_split
+def validation_images(declaration: str, root: str, size: tuple, cache_dir: str | None, count: int):
+    """(images, masks) of the first `count` validation samples at a working size. `declaration`: its JSON text,
+    or a preset's name (a hashable key for the cache of this function)."""
+    from trainables.data import load_split
+    from trainables.data.declaration import DataDeclaration
 
-    arrays = load_split(dataset, root, SPLITS[dataset][1], size, cache_dir, max_samples=count, progress=False)
+    declared = DataDeclaration.from_dict(json.loads(declaration)) if declaration.startswith("{") else declaration
+    arrays = load_split(declared, root, "val", size, cache_dir, max_samples=count, progress=False)
     return np.array(arrays.images), np.array(arrays.masks)
 
 
@@ -172,7 +179,7 @@ def _serve() -> None:
     folder = Path(request["folder"])
     for index, trial in enumerate(request["trials"]):
         try:
-            predicted = predict_masks(trial, request["count"], request["which"])
+            predicted = predict_masks(trial, request["count"], request["which"], request.get("declarations"))
             np.savez(folder / f"{index}.npz", images=predicted.images, truth=predicted.truth, masks=predicted.masks)
             answer = {"index": index, "config": predicted.config.to_dict()}
         except Exception as error:  # the report shows it where the figure would be, as if predicted there

@@ -162,7 +162,8 @@ def _write_report(results: StudyResults, tables: list[Table], out: Path,
     records = {row["trial_id"]: row for row in main.to_dict("records") if present(row["trial_id"])}
     columns = {table.name: [(row.label, _best_seed(records, row)) for row in table.rows] for table in tables}
     best = best_checkpoint_trial(results.trials)
-    predictions = Predictions()
+    predictions = Predictions(declarations={name: results.plan.declaration(name).to_dict()
+                                            for name in results.plan.datasets})
     try:
         # The masks' worker starts first: its imports (torch) take longer than anything else the report does.
         predictions.prefetch([trial for found in columns.values() for trial in
@@ -237,7 +238,7 @@ def _table_figures(context: _Context, table: Table, stem: str, columns: list) ->
                        table.title, context.results.plan.class_names, stem=f"{stem}-class-iou"))
     blocks.append(draw.later(f"Predicted masks: {table.title}", figures.predicted_masks, columns,
                              context.predictions, f"{table.title}: each row's best seed at its best validated epoch",
-                             stem=f"{stem}-masks"))
+                             context.results.plan, stem=f"{stem}-masks"))
     shown = [(label, trial) for label, trial in columns if trial is not None][:MAX_ROWS]
     missing = [label for label, trial in columns if trial is None]
     text = ("Learning curves: train (dashed) and val (solid) on the same axes, mean over each row's finished seeds, "
@@ -281,7 +282,7 @@ def _best_model_section(context: _Context) -> list:
     blocks.append(context.draw.later("Predicted masks of the best model", figures.predicted_masks,
                                [(best["trial_key"], best)], context.predictions,
                                f"Best model: {best['trial_key']}, weights of its best validated epoch "
-                               f"({int_text(best['best_epoch'])})", stem="predicted-masks"))
+                               f"({int_text(best['best_epoch'])})", context.results.plan, stem="predicted-masks"))
     return blocks + [Text(f"Best model of the study (the trial `study best` names): trial `{best['trial_key']}` "
                           f"({best['config_name']}; best val mIoU {float(best['best_val_miou']):.4f} at epoch "
                           f"{int_text(best['best_epoch'])}), weights of its best validated epoch, on the first "

@@ -20,6 +20,7 @@ from study.planning.plan import optuna_storage_url
 from study.planning.record import Stage, TrialState
 from study.planning.spec import RowSpec, TableSpec
 from study.storage import Storage, read_text_at
+from trainables.config import PRESET_CLASSES
 from trainables.trial import join_uri
 
 
@@ -63,19 +64,14 @@ def _job_setup(job, trial: dict) -> tuple[list[str], list[list[str]]]:
         kept = f"last epoch (epoch {int(trial['epochs_run'])})"
     else:
         kept = {"best": "best validated epoch", "last": "last epoch"}.get(export, str(export))
-    cells = [["dataset", f"{s['dataset']} ({len(class_names(s['dataset']))} classes)"], ["model", model_text(s)],
+    classes = s.get("num_classes") or PRESET_CLASSES.get(s["dataset"], "?")  # plans before format 4: a preset
+    cells = [["dataset", f"{s['dataset']} ({classes} classes)"], ["model", model_text(s)],
              ["encoder at start", encoder_text(s)], ["image size", image_size_text(s)],
              ["epochs", f"{s['epochs']} (val every {s['val_interval']})"], ["batch size", str(s["batch_size"])],
              ["optimizer", optimizer_text(s)], ["lr", f"{s['lr']:g}"], ["schedule", schedule_text(s)],
              ["seed", str(s["seed"])], ["encoder exported", kept], ["trained", _provenance(trial)],
              ["encoder key", job.key]]
     return ["setting", "value"], cells
-
-
-def class_names(dataset: str) -> tuple:
-    from trainables.data.classes import CLASS_NAMES
-
-    return CLASS_NAMES.get(dataset, ())
 
 
 def _provenance(trial: dict) -> str:

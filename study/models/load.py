@@ -83,6 +83,7 @@ class StudyModel:
     which: str  # best | last
     epoch: int | None  # the epoch whose weights these are
     dataset: str
+    declaration: Any  # the dataset's DataDeclaration: how its ground truth is read
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]  # RGB per class id
     input_size: tuple[int, int]  # (height, width): the study's working resolution
@@ -143,7 +144,6 @@ def load_study_model(results, trial: str | None = None, which: str = "best", dev
     """The model of `trial` (default: the study's best by best_val_miou) with its `which` weights."""
     import torch
 
-    from trainables.data import class_names, palette
     from trainables.data.device import IMAGENET_MEAN, IMAGENET_STD
 
     row, notes = model_trial(results, trial, which)
@@ -153,8 +153,9 @@ def load_study_model(results, trial: str | None = None, which: str = "best", dev
     return StudyModel(
         model=model, study=results.name, trial_key=str(row["trial_key"]), which=which,
         epoch=checkpoint_epoch(row, which), dataset=config.dataset,
-        class_names=tuple(class_names(config.dataset, config.classes)),
-        palette=tuple(palette(config.dataset, config.classes)), input_size=tuple(config.image_size),
+        class_names=tuple(results.plan.class_names(config.dataset, config.classes)),
+        palette=tuple(results.plan.palette(config.dataset, config.classes)), declaration=results.plan.declaration(
+            config.dataset), input_size=tuple(config.image_size),
         mean=IMAGENET_MEAN, std=IMAGENET_STD, settings=settings_from_row(row), metrics=outcome_metrics(row),
         val_miou=checkpoint_val_miou(row, which), weights=weights_location(row, which), config=config,
         notes=tuple(notes))

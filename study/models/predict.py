@@ -209,7 +209,7 @@ class _Run:
         """(class ids, their file, None) or (None, None, what is wrong)."""
         from trainables.data import label_files
 
-        candidates = label_files(self.model.dataset, item.path.name)
+        candidates = label_files(self.model.declaration, item.path.name)
         for file_name, reader in candidates:
             path = self.ground_truth.get(file_name)
             if path is None:

@@ -24,6 +24,7 @@ from study.errors import StudyError
 from study.names import is_name
 from study.planning.spec import RowSpec, StudySpec, TableSpec, TrackingSpec
 from trainables.config import LATER
+from trainables.data.declaration import DataDeclaration, preset
 from trainables.models import family_of
 from trainables.trial import variant_label
 
@@ -162,17 +163,22 @@ class Plan:
             settings += [{**self.search.base_config, **variant, **lows} for variant in self.search.variants]
         return settings
 
-    def class_names(self, dataset: str | None, count: int) -> list[str]:
-        """The names of a dataset's classes, as declared; "class i" past their end."""
-        from trainables.data.classes import class_names
+    def declaration(self, dataset: str) -> DataDeclaration:
+        """The dataset's declaration; a plan before format 4 names a preset."""
+        planned = self.datasets.get(dataset)
+        if planned is not None and planned.declaration:
+            return DataDeclaration.from_dict(planned.declaration)
+        return preset(dataset)
 
-        return class_names(dataset, count)
+    def class_names(self, dataset: str | None, count: int) -> list[str]:
+        """The names of a dataset's classes, as declared; "class i" past their end (or for no dataset)."""
+        known = self.declaration(dataset).class_names if dataset in self.datasets else []
+        return [known[i] if i < len(known) else f"class {i}" for i in range(count)]
 
     def palette(self, dataset: str | None, count: int) -> list[tuple[int, int, int]]:
         """The colour of each class id of a dataset, as declared (or drawn when it declares none)."""
-        from trainables.data.classes import palette
-
-        return palette(dataset, count)
+        known = self.declaration(dataset).colours if dataset in self.datasets else []
+        return [tuple(known[i]) if i < len(known) else (40 + (i * 37) % 200,) * 3 for i in range(count)]
 
     def configs(self) -> list[dict]:
         """The settings of every job and planned trial (a search: its base settings)."""
@@ -225,17 +231,19 @@ class Plan:
 def datasets_of(spec: StudySpec) -> dict[str, DatasetPlan]:
     """The datasets the study's trials and pretraining jobs use."""
     used = spec.used_datasets()
-    return {name: DatasetPlan(root=d.root, generate=d.generate) for name, d in spec.datasets.items() if name in used}
+    return {name: DatasetPlan(root=d.root, generate=d.generate, declaration=d.declaration.to_dict())
+            for name, d in spec.datasets.items() if name in used}
 
 
-def make_plan(spec: StudySpec, fingerprint: Callable[[str, str], str], study_name: str | None = None) -> Plan:
-    """`fingerprint(dataset, root)` identifies a dataset's content (trainables.data.dataset_fingerprint).
+def make_plan(spec: StudySpec, fingerprint: Callable, study_name: str | None = None) -> Plan:
+    """`fingerprint(declaration, root)` identifies a dataset's content (trainables.data.dataset_fingerprint).
 
     `study_name` is the name the study runs under (`study run --name`), default the spec's.
     """
     jobs = []
     for pretraining in spec.pretraining:
-        key = pretrain_key(pretraining.config, fingerprint)
+        config = pretraining.config
+        key = pretrain_key(config, fingerprint(spec.datasets[config["dataset"]].declaration, config["data_root"]))
         jobs.append(PretrainJob(source=pretraining.source, key=key, config=pretraining.config,
                                 trial_key=job_trial_key(pretraining.source, key, pretraining.config)))
     trials, search = [], None
@@ -292,15 +300,15 @@ def plan_tracking(tracking: TrackingSpec, study_name: str) -> TrackingSpec:
     return TrackingSpec(mlflow=mlflow, wandb=wandb, tensorboard=tracking.tensorboard)
 
 
-def pretrain_key(config: dict, fingerprint: Callable[[str, str], str]) -> str:
-    """Same key, same encoder: an artifact made by any study with this key is reused.
+def pretrain_key(config: dict, data: str) -> str:
+    """Same key, same encoder: an artifact made by any study with this key is reused. `data`: the fingerprint of
+    the job's dataset's content.
 
     Unset optional settings (None), and settings added since the first plans while at their default, are left
     out too, so a new setting does not change old keys.
     """
     shaping = {k: v for k, v in config.items() if k not in EXECUTION_ONLY and k not in DERIVED and v is not None
                and not (k in LATER and _same(v, LATER[k]))}
-    data = fingerprint(config["dataset"], config["data_root"])
     return hashlib.sha256(json.dumps([shaping, data], sort_keys=True).encode()).hexdigest()[:16]
 
 

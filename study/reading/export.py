@@ -26,7 +26,6 @@ from study.planning.plan import package_versions
 from study.planning.record import BOOL, EPOCH_COLUMNS, FLOAT, INT, STRING, TRIAL_COLUMNS, iou_columns
 from study.reading.results import StudyResults, load_results
 from study.storage import Storage
-from trainables.data.classes import NUM_CLASSES, class_names
 
 TRIALS_FILE = "trials.parquet"
 EPOCHS_FILE = "epochs.parquet"
@@ -62,7 +61,9 @@ def export_metadata(results: StudyResults) -> dict[str, str]:
         "segstudy.planned_with": json.dumps(results.plan.versions, sort_keys=True),
         "segstudy.git_commit": git_commit(),
         "segstudy.exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "segstudy.class_names": json.dumps({d: class_names(d, NUM_CLASSES.get(d, 0)) for d in datasets}),
+        "segstudy.class_names": json.dumps({d: results.plan.declaration(d).class_names for d in datasets}),
+        # each dataset's declaration: its classes, colours, ignore index and how its masks were read
+        "segstudy.datasets": json.dumps({d: results.plan.declaration(d).to_dict() for d in datasets}),
         "segstudy.notes": json.dumps(list(results.notes)),
     }
 

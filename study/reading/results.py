@@ -47,6 +47,7 @@ from trainables.checkpoint import (
     checkpoint_index,
     parse_trial_json,
 )
+from trainables.config import PRESET_CLASSES
 from trainables.errors import TrainablesError
 from trainables.records import VAL_PREFIX, flat
 from trainables.trial import StudyContext, resolve_trial
@@ -413,9 +414,8 @@ class _TuneStates:
 
 
 def _class_count(plan: Plan, epoch_rows: list[dict]) -> int:
-    from trainables.data.classes import NUM_CLASSES
-
-    counts = [NUM_CLASSES.get(c["dataset"], 0) for c in plan.configs()]
+    # a config's num_classes (plans of format 4), else its preset's count (older plans)
+    counts = [c.get("num_classes") or PRESET_CLASSES.get(c["dataset"], 0) for c in plan.configs()]
     counts += [int(k[len(IOU_PREFIX):]) + 1 for row in epoch_rows[:1] for k in row
                if k.startswith(IOU_PREFIX) and k[len(IOU_PREFIX):].isdigit()]
     return max(counts, default=0)

@@ -33,7 +33,7 @@ from study.planning.record import ENDED, Stage, StudyState, TrialState
 from study.planning.spec import StudySpec, loads
 from study.reading.audit import Audit, audit_study
 from study.reading.results import StudyResults, load_results
-from study.running.datasets import build_caches, generate_missing_datasets
+from study.running.datasets import build_caches, check_datasets, generate_missing_datasets
 from study.running.models import check_factory_models
 from study.running.weights import weights_artifacts
 from study.storage import ARTIFACTS, Storage, read_text_at
@@ -61,6 +61,7 @@ def run_study(spec: StudySpec, storage: Storage, name: str | None = None, addres
         tracking = preflight(plan_tracking(spec.tracking, name), spec.source_path, address, dashboard)
         generate_missing_datasets(datasets_of(spec))
         plan = make_plan(spec, dataset_fingerprint, study_name=name)
+        check_datasets(plan, say)  # every problem of the masks named before Ray starts
         build_caches(plan)
         check_factory_models(plan)
         weights = weights_artifacts(plan, storage, say)  # a missing weights file is named before anything is written
@@ -88,6 +89,7 @@ def resume_study(storage: Storage, name: str, address: str | None = None, dashbo
             return 0
         tracking = preflight(plan.execution.tracking, storage.uri(name, SPEC_FILE), address, dashboard)
         generate_missing_datasets(plan.datasets)
+        check_datasets(plan, say)  # every problem of the masks named before Ray starts
         build_caches(plan)
         check_factory_models(plan)
         weights = weights_artifacts(plan, storage, say)

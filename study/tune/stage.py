@@ -185,7 +185,8 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     restoring = not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
                            variants=search.labels if search else {}, encoders=encoders,
-                           stopped=stopped_trials(storage, name, stage) if restoring else ())
+                           stopped=stopped_trials(storage, name, stage) if restoring else (),
+                           datasets={dataset: plan.declaration(dataset).to_dict() for dataset in plan.datasets})
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
     concurrency = plan.execution.max_concurrent or default_concurrency(resources)
     attach(stage, events, StageTotals(trials=search.num_samples if search else len(trials),

@@ -9,7 +9,8 @@ import yaml
 
 from study.names import NAME  # noqa: F401 (re-exported: the name rule of study files)
 from study.planning.record import MATCHABLE
-from trainables.config import CHOICES, FIELDS, PRESET_CLASSES, TrainConfig  # noqa: F401 (CHOICES: re-exported)
+from trainables.config import CHOICES, FIELDS, TrainConfig  # noqa: F401 (CHOICES: re-exported)
+from trainables.data.declaration import DataDeclaration
 
 TOP_KEYS = ("name", "description", "datasets", "train", "configurations", "space", "exclude", "seeds", "searcher",
             "scheduler", "resources", "max_concurrent", "max_failures", "pretraining", "tables", "tracking")
@@ -68,10 +69,11 @@ class DatasetSpec:
     root: str  # absolute, after the environment and --set overrides
     env: str  # the variable that overrides root
     generate: dict | None  # {train, val, seed} of generated data, or None: real data only
+    declaration: DataDeclaration = None  # where its images and masks are, what a mask's values mean
 
     @property
     def num_classes(self) -> int:
-        return PRESET_CLASSES[self.name]
+        return self.declaration.num_classes
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -46,25 +47,26 @@ from study.planning.spec._schema import (
     is_weights_file,
 )
 from trainables.config import MAX_SEED, PAIRS, class_weight_values, model_options, pair_type
+from trainables.data.declaration import declare
+from trainables.data.presets import PRESETS
 from trainables.errors import ConfigError
-
-DATASETS = ("pets", "cityscapes")  # until declarations: the presets with readers
 
 
 def _datasets(value: Any, problems: _Problems, environ: Mapping[str, str]) -> dict[str, DatasetSpec]:
+    """Each dataset's root (and where it comes from) and its declaration (trainables/data/declaration.py)."""
     mapping = problems.mapping(value, "datasets", required=True)
     if isinstance(value, dict) and not value:
-        problems.add("datasets", f"expected at least one of {list(DATASETS)}")
+        problems.add("datasets", f"expected at least one dataset, e.g. roads: {{format: folder, root: data/roads, "
+                                 f"classes: [...]}}, or a preset ({', '.join(PRESETS)})")
     datasets = {}
     for name, entry in mapping.items():
         path = f"datasets.{name}"
-        if problems.choice(name, DATASETS, path) is None:
+        if problems.name(name, path, "a dataset name") is None:  # it names the dataset's cache folders
             continue
         if not isinstance(entry, dict):
-            problems.add(path, f"expected a mapping with root (and env, generate), got {_kind(entry)}")
+            problems.add(path, f"expected a mapping with format and root (and the format's keys), got {_kind(entry)}")
             continue
-        problems.known_keys(entry, DATASET_KEYS, path)
-        env = entry.get("env", f"SEGSTUDY_{name.upper()}_ROOT")
+        env = entry.get("env", f"SEGSTUDY_{re.sub(r'[^A-Za-z0-9]', '_', name).upper()}_ROOT")
         if not isinstance(env, str) or not env:
             problems.add(f"{path}.env", f"expected an environment variable name, got {_kind(env)}")
             continue
@@ -83,8 +85,12 @@ def _datasets(value: Any, problems: _Problems, environ: Mapping[str, str]) -> di
             generate = {key: problems.integer(given.get(key, default), f"{path}.generate.{key}",
                                               0 if key == "seed" else 1, MAX_SEED if key == "seed" else MAX_GENERATED)
                         for key, default in GENERATE_DEFAULTS.items()}
-        datasets[name] = DatasetSpec(name=name, root=os.path.abspath(os.path.expanduser(root)), env=env,
-                                     generate=generate)
+        root = os.path.abspath(os.path.expanduser(root))
+        declaration, found = declare(name, {k: v for k, v in entry.items() if k not in DATASET_KEYS}, root)
+        for key, message in found:
+            problems.add(_join(path, key) if key else path, message)
+        if declaration is not None:
+            datasets[name] = DatasetSpec(name=name, root=root, env=env, generate=generate, declaration=declaration)
     return datasets
 
 
