@@ -17,8 +17,10 @@ from trainables.models import family_of
 
 def _check_declared(train: dict, space: tuple, datasets: dict, pretraining: dict, problems: _Problems) -> None:
     """Names that must be declared: a mistake here is an error even in the cross product."""
+    # train's dataset, when it names one or the only dataset is the default's; configurations naming their own
+    # dataset are checked one by one (with the configuration named)
     dataset = train.get("dataset", DEFAULTS["dataset"])
-    if dataset not in datasets:
+    if dataset not in datasets and ("dataset" in train or not datasets):
         problems.add("train.dataset", f"{dataset!r} is not declared under datasets (declared: {sorted(datasets)})"
                                       f"{_suggest(dataset, sorted(datasets))}")
     for source, section in pretraining.items():

@@ -228,7 +228,8 @@ class StudySpec:
         Not a TrainConfig on its own (train may rely on a variant, e.g. freeze needs pretrain);
         every variant over it was validated at both ends of each sampled range.
         """
-        root = self.dataset_root(self.train_settings.get("dataset", DEFAULTS["dataset"]))
+        dataset = self.train_settings.get("dataset", DEFAULTS["dataset"])
+        root = self.dataset_root(dataset) if dataset in self.datasets else ""  # a grid's configurations name theirs
         return copy.deepcopy({**DEFAULTS, **self.train_settings, "data_root": root, "seed": self.seeds[0]})
 
     def used_datasets(self) -> list[str]:
