@@ -149,8 +149,8 @@ def test_bad_masks_are_named_before_ray_starts_and_nothing_is_written(tmp_path, 
     storage = tmp_path / "studies"
     assert main(["run", str(spec), "--storage", str(storage)]) == 2
     err = capsys.readouterr().err
-    assert f"{masks[0]}: values outside the classes (0-3) and the ignore index (255): 9 ({SIZE[0] * SIZE[1]:,} pixels)" \
-        in err
+    pixels = SIZE[0] * SIZE[1]
+    assert f"{masks[0]}: values outside the classes (0-3) and the ignore index (255): 9 ({pixels:,} pixels)" in err
     assert f"has no label file: expected {masks[1]}" in err
     # no study: at most the driver's lock file, which is never deleted (see study/folder/lock.py)
     assert not Storage(storage).is_study("own") and {p.name for p in (storage / "own").iterdir()} <= {"driver.lock"}
