@@ -140,6 +140,9 @@ def test_a_file_that_does_not_fit_names_the_first_difference(files, tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "resnet.pth")
     assert "holds no MiT encoder weights in a known dialect" in one_line_error(
         TrainConfig(arch="segformer_b0", pretrain=str(tmp_path / "resnet.pth")))
+    save_file({}, tmp_path / "empty.safetensors")
+    assert "its first key is none: it is empty" in one_line_error(
+        TrainConfig(arch="segformer_b0", pretrain=str(tmp_path / "empty.safetensors")))
     # the small_input stem's 5x5 first patch embedding cannot take the paper stem's 7x7 kernels
     message = one_line_error(TrainConfig(arch="segformer_b0", segformer_stem="small_input",
                                          pretrain=str(files["smp: folder"])))

@@ -93,7 +93,7 @@ def encoder_state_from_file(path: str, model: EncoderDecoder) -> tuple[dict[str,
     if found is None:
         markers = ", ".join(f"{marker} ({dialect})" for dialect, marker in MARKERS.items())
         raise WeightsError(f"pretrain: {path} holds no MiT encoder weights in a known dialect: expected a key such "
-                           f"as {markers}; its first key is {next(iter(state))}")
+                           f"as {markers}; its first key is {next(iter(state), 'none: it is empty')}")
     dialect, prefix = found
     return from_dialect(state, dialect, prefix, model, f"{path} ({dialect} dialect)"), dialect
 
