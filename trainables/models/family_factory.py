@@ -63,6 +63,8 @@ def source(arch: str) -> tuple[str, str]:
 
 
 def build(config, weights: str | None = None):
+    """The user's model wrapped as FactoryModel; its encoder from `pretrain` when that is a file (a factory has no
+    built-in weights, so `weights` is never given)."""
     from torch import nn
 
     from trainables.config import model_options
@@ -82,17 +84,24 @@ def build(config, weights: str | None = None):
     model = FactoryModel(net, config.arch)
     if config.pretrain not in ("none", "imagenet", "coco"):
         load_encoder_state(model, load_encoder_file(config.pretrain), config.pretrain)
+        model.weights_read = f"read the encoder of {config.arch} from {config.pretrain}"
     return model
 
 
 def check(config) -> None:
-    """Build the model on the CPU and run one tiny batch: a ConfigError names what is wrong."""
+    """Build the model on the CPU (without its pretrained weights, which the trial reads) and run one tiny batch:
+    a ConfigError names what is wrong, before any trial starts."""
     import torch
 
     model = build(config.replace(pretrain="none", freeze="none")).eval()  # the weights come later, in the trial
     height, width = config.crop_size or config.image_size
-    with torch.no_grad():
-        output = model.net(torch.zeros(1, 3, height, width))
+    try:
+        with torch.no_grad():
+            output = model.net(torch.zeros(1, 3, height, width))
+    except Exception as error:  # the user's forward
+        reason = (str(error).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"arch: the model of {config.arch} fails on one image of {height}x{width}: "
+                          f"{type(error).__name__}: {reason}") from None
     logits = output.get("out") if isinstance(output, dict) else output
     if not isinstance(logits, torch.Tensor) or logits.ndim != 4 or logits.shape[:2] != (1, config.classes):
         got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(output).__name__
@@ -103,5 +112,5 @@ def check(config) -> None:
     for setting, needs in asked.items():
         if needs and model.encoder is None:
             raise ConfigError(f"{setting}: the model of {config.arch} has no `encoder` submodule, so it cannot be "
-                              f"frozen, pretrained or given a head learning rate; give it one (model.encoder = "
-                              f"...)")
+                              f"frozen, pretrained, exported or given a head learning rate; give it one "
+                              f"(model.encoder = ...)")

@@ -182,8 +182,9 @@ class MixTransformerEncoder(nn.Module):
 
     def __init__(self, config: SegformerConfig):
         super().__init__()
-        # the stochastic depth rate grows linearly over all layers of all stages
-        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), dtype=torch.float64).tolist()
+        # the stochastic depth rate grows linearly over all layers of all stages (computed on the CPU whatever the
+        # default device: a model built on the meta device still gets its rates)
+        rates = torch.linspace(0, config.drop_path_rate, sum(config.depths), dtype=torch.float64, device="cpu").tolist()
         in_channels = [config.num_channels, *config.hidden_sizes[:-1]]
         self.patch_embeddings = nn.ModuleList()
         self.stages = nn.ModuleList()

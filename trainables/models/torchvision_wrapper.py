@@ -16,6 +16,10 @@ from torchvision.models.segmentation.lraspp import LRASPP
 from trainables.models.transfer import EncoderDecoder
 
 TORCHVISION_NAMES = {"backbone.": "encoder.", "classifier.": "decoder.", "aux_classifier.": "aux."}
+# the layers that predict the classes (torchvision's FCNHead/DeepLabHead end in a 1x1 convolution at index 4;
+# LR-ASPP's head has two): what `pretrain: coco` leaves at their initialisation
+CLASS_LAYERS = {"fcn": ("decoder.4.", "aux.4."), "deeplabv3": ("decoder.4.", "aux.4."),
+                "lraspp": ("decoder.low_classifier.", "decoder.high_classifier.")}
 
 
 class TorchvisionSegmentation(EncoderDecoder):
@@ -37,6 +41,10 @@ class TorchvisionSegmentation(EncoderDecoder):
             return logits
         aux = F.interpolate(self.aux(features["aux"]), size=size, mode="bilinear", align_corners=False)
         return {"out": logits, "aux": aux}
+
+
+def class_layer_prefixes(arch: str) -> tuple[str, ...]:
+    return CLASS_LAYERS[arch.split("_")[0]]
 
 
 def from_torchvision_keys(state: dict) -> dict:
