@@ -31,7 +31,7 @@ from trainables.models import build_model
 from trainables.models.transfer import export_encoder_state
 from trainables.optim import base_lr, make_optimizer, make_scheduler, per_iteration
 from trainables.records import EpochRecord, format_record
-from trainables.step import autocast_context, outputs_of, train_step
+from trainables.step import autocast_context, outputs_of, predicted_classes, train_step
 
 CHECKPOINT_VERSION = 2
 
@@ -158,7 +158,7 @@ def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit, *, batch
             outputs = outputs_of(model(images), masks.shape[-2:])
             loss = criterion(outputs, masks)
         loss_sum += loss.double() * images.shape[0]
-        confusion += metrics.confusion_matrix(outputs["out"].argmax(1), masks, num_classes)
+        confusion += metrics.confusion_matrix(predicted_classes(outputs["out"]), masks, num_classes)
     return {"loss": float(loss_sum) / len(data), **metrics.summarize(confusion)}
 
 
