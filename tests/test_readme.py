@@ -17,6 +17,16 @@ def test_the_readme_shows_the_record_as_the_code_defines_it():
         "run `python -m study.planning.record` and paste it into the README"
 
 
+def test_the_readme_shows_a_dataset_declarations_keys_as_the_code_defines_them():
+    from trainables.data import declaration
+
+    text = README.read_text()
+    start = text.index("<!-- declaration reference")
+    body = text[text.index("\n", start) + 1: text.index("<!-- end of declaration reference -->")]
+    assert body.strip() == declaration.reference().strip(), \
+        "paste the output of `python -c 'from trainables.data import declaration; print(declaration.reference())'`"
+
+
 def test_the_readme_shows_the_study_file_keys_as_the_spec_documents_them():
     import study.planning.spec
 

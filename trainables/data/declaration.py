@@ -155,6 +155,20 @@ class DataDeclaration:
 FIELDS = {f.name: f for f in dataclasses.fields(DataDeclaration)}
 
 
+def reference() -> str:
+    """The README's reference of a declaration's keys (tests/test_readme.py keeps the two equal)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for name, item in FIELDS.items():
+        if item.default is not dataclasses.MISSING:
+            default = json.dumps(item.default)
+        elif item.default_factory is not dataclasses.MISSING:
+            default = json.dumps(item.default_factory())
+        else:
+            default = "required"
+        lines.append(f"| `{name}` | `{default}` | {item.metadata['doc']} |")
+    return "\n".join(lines)
+
+
 def preset(name: str) -> DataDeclaration:
     """The preset declaration of pets, cityscapes, voc or ade20k."""
     if name not in PRESETS:

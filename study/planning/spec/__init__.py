@@ -7,16 +7,18 @@ the default shown.
 name: report                 # default: the file's stem. The study's folder name (`study run --name` overrides);
                              # letters, digits and _ . + = - (as are configuration and pretraining names)
 description: "..."           # free text, default ""
-datasets:                    # every dataset the study uses (main trials and pretraining): pets, cityscapes
-  pets:
-    root: data/pets          # a relative path resolves against the working directory
+datasets:                    # every dataset the study uses (main trials and pretraining), by name
+  pets:                      # a preset by its name alone (pets, cityscapes, voc, ade20k), or `format:` and
+    root: data/pets          # the keys of its layout (README, "Your own data"). root: a relative path
+                             # resolves against the working directory
     env: SEGSTUDY_PETS_ROOT  # default SEGSTUDY_<NAME>_ROOT; when that variable is set it wins over root
                              # (precedence: environment > --set datasets.pets.root=... > the file)
-    generate: {train: 32, val: 16, seed: 0}   # optional: generated data that `study run` creates when the
-                             # folder is missing or empty. Without `generate` the data must already exist.
+    generate: {train: 32, val: 16, seed: 0}   # optional: generated data in the declared layout, which
+                             # `study run` creates when the folder is missing or empty. Without `generate`
+                             # the data must already exist.
 train:                       # TrainConfig fields shared by every main trial (trainables/config.py lists them
-  dataset: pets              # with their defaults). Not here: data_root (from `datasets`), cache_dir
-  image_size: [64, 64]       # (<data root>/.segstudy-cache), seed (from `seeds`).
+  dataset: pets              # with their defaults). Not here: data_root (from `datasets`), num_classes (its
+  image_size: [64, 64]       # classes), cache_dir (<data root>/.segstudy-cache), seed (from `seeds`).
   epochs: 30
 configurations:              # explicit configurations: a unique name plus TrainConfig fields over `train`
   - {name: fcn_scratch, arch: fcn_resnet50, pretrain: none}
@@ -39,12 +41,13 @@ scheduler: {type: fifo}      # fifo, or {type: asha, metric: val_miou, mode: max
 resources: {cpu: 1, gpu: 0}  # per trial; gpu may be a fraction (0.25: four trials share one GPU)
 max_concurrent: null         # trials at once; null = as many as the cluster's resources hold
 max_failures: 2              # retries of a failed trial, each from its last checkpoint
-pretraining:                 # sources that a `pretrain` value may name, besides none and imagenet
+pretraining:                 # sources a `pretrain` value may name, besides none, imagenet, coco and a file
   cityscapes:                # any TrainConfig fields over TrainConfig's defaults (not over `train`);
-    dataset: cityscapes      # dataset is required. arch and segformer_stem come from the trials that use
-    epochs: 31               # the source (one job per distinct pair, so the encoder fits them) unless given
-                             # here: then only trials with that arch/stem may use it. export_encoder
-                             # defaults to last; seed to 0; pretrain may be none or imagenet.
+    dataset: cityscapes      # dataset is required (any declared one). arch and its encoder options (such
+    epochs: 31               # as segformer_stem) come from the trials that use the source (one job per
+                             # distinct encoder, so that it fits them) unless given here: then only trials
+                             # with those may use it. export_encoder defaults to last; seed to 0; pretrain
+                             # may be none, imagenet, coco or a file.
 tables:                      # what `study report` shows; default: one row per configuration
   - name: fcn                # unique
     title: "FCN-ResNet50: from scratch vs ImageNet backbone"   # default: the name
