@@ -108,7 +108,10 @@ def test_report_and_export_name_each_datasets_classes(own_study):
     text = (root / "report" / "report.md").read_text()
     for layout in ("folder", "folder-rgb", "sibling", "voc", "parquet"):
         names = results.plan.declaration(layout).class_names
-        assert f"| row | {' | '.join(names)} |" in text, layout  # the per-class IoU table's columns
+        if len(names) <= 12:  # the per-class IoU table: a column per class, else a line per class
+            assert f"| row | {' | '.join(names)} |" in text, layout
+        else:
+            assert f"| class | {layout} |" in text and all(f"| {name} | " in text for name in names), layout
         per_class = pd.read_csv(root / "report" / f"{layout.replace('-', '_')}.class-iou.csv")
         assert list(per_class["class"]) == names
     ade = results.plan.declaration("ade20k").class_names
