@@ -52,6 +52,7 @@ ALLOWED = frozenset({
     "optuna.study.study.Study", "optuna.trial._frozen.FrozenTrial", "optuna.trial._state.TrialState",
     "optuna.trial._trial.Trial",
     "study.tune.callback.StudyProgress", "study.tune.searcher.StudyOptunaSearch", "study.tune.searcher.VariantSpace",
+    "study.tune.adapters.StudySearcher", "study.tune.adapters.StudyScheduler",
     "study.tune.stage._trial_dirname",
     "study.tune.tracking.StudyMLflowLogger", "study.tune.tracking.StudyWandbLogger",
     "study.tune.tracking.StudyTensorBoardLogger", "study.tune.tracking.TrialFacts", "trainables.trial.StudyContext",
@@ -95,8 +96,13 @@ def _never_called(qualified: str) -> type:
 
 
 class _Checker(pickle.Unpickler):
+    def __init__(self, file):
+        super().__init__(file)
+        self.names: set[str] = set()
+
     def find_class(self, module: str, name: str):
         qualified = f"{module}.{name}"
+        self.names.add(qualified)
         if qualified in REFERENCED:
             return _never_called(qualified)
         if qualified not in ALLOWED:
@@ -104,13 +110,26 @@ class _Checker(pickle.Unpickler):
         return _Nothing
 
 
-def check_pickle(data: bytes, where: str) -> None:
-    """Refuse (StudyError) a pickle that names anything outside ALLOWED, or that cannot be read."""
+def check_pickle(data: bytes, where: str) -> set[str]:
+    """Refuse (StudyError) a pickle that names anything outside ALLOWED, or that cannot be read; else the
+    globals it names."""
+    checker = _Checker(io.BytesIO(data))
     try:
-        _Checker(io.BytesIO(data)).load()
+        checker.load()
     except Exception as error:  # anything a crafted pickle makes the reader raise is a refusal
         raise StudyError(f"{where}: Tune's saved state holds a pickle this tool will not load ({error}); "
                          f"a damaged or hostile study folder? Nothing of it was run") from None
+    return checker.names
+
+
+TUNER_FILE = "tuner.pkl"  # Tune's pickled Tuner: the searcher and scheduler a restore runs with
+
+
+def tuner_names(storage, name: str, stage: str) -> set[str]:
+    """The globals that the stage's tuner.pkl names (checked as above; empty when there is none)."""
+    if not storage.exists(name, stage, TUNER_FILE):
+        return set()
+    return check_pickle(storage.read_bytes(name, stage, TUNER_FILE), storage.uri(name, stage, TUNER_FILE))
 
 
 ERROR_PICKLE = "error.pkl"

@@ -71,6 +71,7 @@ def searched_trials(plan, trials, epochs) -> list[dict]:
     labels = plan.search.labels
     ended = trials[(trials["stage"] == "main") & trials["status"].isin([s.value for s in ENDED])
                    & (trials["error"].fillna("") != ABANDONED)]
+    ended = ended.sort_values(["trial_index", "trial_key"], na_position="last")  # in the order they were proposed
     searched = []
     for row in ended.to_dict("records"):
         if row["config_name"] not in labels:
@@ -79,6 +80,7 @@ def searched_trials(plan, trials, epochs) -> list[dict]:
         per_epoch = {int(epoch): float(value) for epoch, value in zip(own["epoch"], own[metric]) if _finite(value)}
         searched.append({
             "trial_id": row["trial_id"], "trial_key": row["trial_key"], "config_name": row["config_name"],
+            "trial_index": _int_or_none(row["trial_index"]),
             "status": row["status"], "categorical": dict(labels[row["config_name"]]),
             "settings": {k: row[k] for k in (*CATEGORICAL_SETTINGS, *sorted(labels[row["config_name"]]))
                          if k in row and isinstance(row[k], str)},
@@ -87,6 +89,13 @@ def searched_trials(plan, trials, epochs) -> list[dict]:
             "per_epoch": per_epoch,
         })
     return searched
+
+
+def _int_or_none(value) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):  # null (pandas' NA)
+        return None
 
 
 def _finite(value) -> bool:
@@ -124,7 +133,7 @@ def reconcile_optuna_study(optuna_storage, study_name: str, plan, searched: list
             state = optuna.trial.TrialState.FAIL  # Optuna's word for a trial without a value
         user_attrs = {"trial_key": trial["trial_key"], "config_name": trial["config_name"], "status": trial["status"],
                       "tune_trial_id": trial["trial_id"], "metric": plan.execution.scheduler.metric,
-                      **trial["settings"]}
+                      "trial_index": trial["trial_index"], **trial["settings"]}
         return {"params": {**{dim: trial["categorical"][dim] for dim in dims}, **trial["floats"]}, "state": state,
                 "value": None if value is None else float(value), "intermediate_values": trial["per_epoch"],
                 "user_attrs": user_attrs}
@@ -141,8 +150,8 @@ def reconcile_optuna_study(optuna_storage, study_name: str, plan, searched: list
     wanted = [expected(trial) for trial in searched]
     study = optuna.load_study(study_name=study_name, storage=optuna_storage)
     have = study.get_trials(deepcopy=False)
-    if sorted(signature(w["params"], w["state"], w["value"], w["user_attrs"]["trial_key"]) for w in wanted) == \
-            sorted(signature(t.params, t.state, t.value, t.user_attrs.get("trial_key")) for t in have) \
+    if [signature(w["params"], w["state"], w["value"], w["user_attrs"]["trial_key"]) for w in wanted] == \
+            [signature(t.params, t.state, t.value, t.user_attrs.get("trial_key")) for t in have] \
             and study.user_attrs == study_attrs:
         return f"the Optuna study agrees with the study's record ({len(have)} trials)"
     running = sum(1 for t in have if t.state == optuna.trial.TrialState.RUNNING)
