@@ -20,10 +20,13 @@ from trainables.trial import trial_dirname
 
 
 class StudySearcher(Searcher):
-    """Optuna TPE, asked and told through the study's ledger (any concurrency limit stays Tune's own)."""
+    """Optuna TPE, asked and told through the study's ledger (any concurrency limit stays Tune's own).
 
-    def __init__(self, stage: str, metric: str, mode: str):
-        super().__init__(metric=metric, mode=mode)
+    Tune is told no metric: the decisions take it from the plan, and tell a trial's end by the ledger's last
+    epoch, so a restored trial that returns at once (its end was recorded before the kill) is no error."""
+
+    def __init__(self, stage: str):
+        super().__init__(metric=None, mode=None)
         self.stage = stage
 
     def __getstate__(self) -> dict:
@@ -51,12 +54,12 @@ class StudySearcher(Searcher):
 
 
 class StudyScheduler(FIFOScheduler):
-    """FIFO or ASHA (plan.execution.scheduler), with the rungs and stops in the study's ledger."""
+    """FIFO or ASHA (plan.execution.scheduler), with the rungs and stops in the study's ledger. Like the searcher,
+    it names no metric to Tune."""
 
-    def __init__(self, stage: str, metric: str):
+    def __init__(self, stage: str):
         super().__init__()
         self.stage = stage
-        self._metric = metric
 
     def __getstate__(self) -> dict:
         return {"stage": self.stage, "_metric": self._metric}
@@ -69,7 +72,7 @@ class StudyScheduler(FIFOScheduler):
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
         decisions = attached(self.stage)
-        stop = decisions.result(_key(trial), result.get("epoch"), result.get(self._metric),
+        stop = decisions.result(_key(trial), result.get("epoch"), result.get(decisions.metric),
                                 bool(result.get("diverged")))
         return TrialScheduler.STOP if stop else TrialScheduler.CONTINUE
 

@@ -214,7 +214,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     tune_config = dict(
         max_concurrent_trials=concurrency,
         reuse_actors=True,
-        scheduler=StudyScheduler(stage, plan.execution.scheduler.metric) if decisions is not None else FIFOScheduler(),
+        scheduler=StudyScheduler(stage) if decisions is not None else FIFOScheduler(),
         trial_dirname_creator=_trial_dirname,
         trial_name_creator=_trial_dirname,
     )
@@ -222,9 +222,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
         param_space = {"trial": tune.grid_search(trials)}
     else:
         param_space = {}
-        settings = plan.execution.scheduler
-        tune_config.update(search_alg=StudySearcher(stage, settings.metric, settings.mode),
-                           num_samples=search.num_samples)
+        tune_config.update(search_alg=StudySearcher(stage), num_samples=search.num_samples)
     storage_path, filesystem = tune_location(storage, name)
     run_config = tune.RunConfig(
         name=stage,
