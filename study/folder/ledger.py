@@ -19,6 +19,7 @@ reads and writes it and says what a study's resume promises; it imports neither 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 
@@ -114,7 +115,8 @@ def read_ledger(storage: Storage, name: str) -> tuple[Ledger | None, list[str]]:
 
 
 def write_ledger(storage: Storage, name: str, ledger: Ledger) -> None:
-    storage.write_json(ledger.to_json(), name, LEDGER_FILE)
+    """Whole, compact (it is rewritten at every decision), atomically (Storage.write_text)."""
+    storage.write_text(json.dumps(ledger.to_json(), sort_keys=True, separators=(",", ":")), name, LEDGER_FILE)
 
 
 def decides(plan) -> bool:

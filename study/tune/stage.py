@@ -14,7 +14,7 @@ import sys
 
 from study.errors import StudyError
 from study.folder.events import EventLog
-from study.planning.plan import Plan, optuna_storage_url
+from study.planning.plan import Plan
 from study.storage import Storage
 from study.tune.callback import StageTotals, StudyProgress, attach
 from study.tune.pickle_guard import check_stage_folder, tuner_names
@@ -342,23 +342,6 @@ def fit_watched(tuner):
         for logger in loggers:
             logger.removeFilter(watch)
     return grid, watch.interrupted
-
-
-def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials, epochs) -> None:
-    """After the sweep: the Optuna study rebuilt from the study's record (study/tune/searcher.py).
-
-    `trials`, `epochs`: the study's record (results.trials, results.epochs).
-    """
-    import optuna
-
-    from study.tune.searcher import reconcile_optuna_study, searched_trials
-
-    url = optuna_storage_url(plan, storage, name)
-    if url is None:
-        return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, plan, searched_trials(plan, trials, epochs))
-    say(f"[optuna] {outcome}")
 
 
 def _trial_dirname(trial) -> str:
