@@ -20,7 +20,7 @@ from trainables.trial import trial_dirname
 
 
 class StudySearcher(Searcher):
-    """Optuna TPE, asked and told through the study's ledger (any concurrency limit stays Tune's own).
+    """Optuna TPE, asked and told through the study's ledger, which also limits how many run at once.
 
     Tune is told no metric: the decisions take it from the plan, and tell a trial's end by the ledger's last
     epoch, so a restored trial that returns at once (its end was recorded before the kill) is no error."""
@@ -34,6 +34,9 @@ class StudySearcher(Searcher):
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        return True  # the decisions limit it, from the ledger; Tune's ConcurrencyLimiter then only passes through
 
     def suggest(self, trial_id: str):
         return attached(self.stage).suggest(trial_id)

@@ -49,8 +49,9 @@ def attached(stage: str) -> StageDecisions:
 
 
 class StageDecisions:
-    def __init__(self, storage: Storage, name: str, plan: Plan, ledger: Ledger):
+    def __init__(self, storage: Storage, name: str, plan: Plan, ledger: Ledger, concurrency: int = 1):
         self.storage, self.name, self.plan, self.ledger = storage, name, plan, ledger
+        self.concurrency = concurrency  # trials at once: asked and not told, of those Tune holds
         scheduler = plan.execution.scheduler
         self.metric, self.mode, self.asha = scheduler.metric, scheduler.mode, scheduler.type == "asha"
         self.marks = asha.milestones(scheduler.grace_period, scheduler.reduction_factor, scheduler.max_t) \
@@ -117,8 +118,11 @@ class StageDecisions:
 
     # -- the searcher -----------------------------------------------------------------------------
     def suggest(self, tune_id: str):
-        """The next trial's config: a proposal Tune never held (asked before a kill), else a new ask; FINISHED
-        once every sample has been proposed."""
+        """The next trial's config: a proposal Tune never held (asked before a kill), else a new ask; None while
+        `concurrency` trials are asked and not told (the limit counts from the ledger, not from Tune's state,
+        which can be older); FINISHED once every sample has been proposed."""
+        if sum(1 for t in self.ledger.trials if t.ended is None and t.key in self.known) >= self.concurrency:
+            return None
         orphan = next((t for t in self.ledger.trials if t.ended is None and t.stopped_epoch is None
                        and t.key not in self.known), None)
         if orphan is not None:
@@ -145,8 +149,11 @@ class StageDecisions:
         """Tune ended the trial: told to the searcher once, with the metric of the last epoch the scheduler saw
         (not Tune's last result, which for a restored trial can be an older epoch's)."""
         entry = self.ledger.by_tune_id(tune_id)
-        if entry is None or entry.ended is not None or not (error or entry.last_epoch):
-            return  # unknown, told already, or never ran (stays asked: a resume hands it out again)
+        if entry is None or entry.ended is not None:
+            return  # not a proposal of this search, or told already
+        if not (error or entry.last_epoch):  # it ended without an epoch (stopped before it started): it is
+            self.known.discard(entry.key)  # still to run, and the next trial Tune asks for takes its proposal
+            return
         self._end(entry, error)
 
     def _end(self, entry: LedgerTrial, error: bool) -> None:
@@ -255,7 +262,7 @@ def carried(epoch_rows: list[dict], key: str, stage: str, metric: str) -> list[t
     return found
 
 
-def prepare_decisions(storage: Storage, name: str, plan: Plan, stage: str, restoring: bool,
+def prepare_decisions(storage: Storage, name: str, plan: Plan, stage: str, restoring: bool, concurrency: int,
                       legacy: bool = False) -> StageDecisions | None:
     """This driver's decisions for a stage, attached for Tune's classes: the ledger read (or begun, or rebuilt
     from the record), brought up to the record, and (a search) its Optuna study replayed. None: the stage
@@ -275,7 +282,7 @@ def prepare_decisions(storage: Storage, name: str, plan: Plan, stage: str, resto
             ledger.notes.append("rebuilt from the trials' record" + (f" ({notes[0]})" if notes else ""))
             if plan.execution.max_concurrent != 1:
                 ledger.exact = False  # the order of asks and results of concurrent trials is not in the record
-    decisions = StageDecisions(storage, name, plan, ledger)
+    decisions = StageDecisions(storage, name, plan, ledger, concurrency)
     if results is not None:
         decisions.catch_up(results.rows, results.epoch_rows, stage)
     if plan.search is not None:

@@ -191,13 +191,13 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     # A stage begun by a segstudy that kept no ledger restores with the searcher and scheduler it began with.
     legacy = restoring and f"{StudyScheduler.__module__}.{StudyScheduler.__name__}" not in \
         tuner_names(storage, name, stage)
-    decisions = prepare_decisions(storage, name, plan, stage, restoring, legacy)
+    concurrency = plan.execution.max_concurrent or default_concurrency(resources)
+    decisions = prepare_decisions(storage, name, plan, stage, restoring, concurrency, legacy)
     stopped = set(stopped_trials(storage, name, stage)) if restoring else set()
     stopped |= set(decisions.ledger.stopped if decisions is not None else ())
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
                            variants=search.labels if search else {}, encoders=encoders, stopped=tuple(sorted(stopped)))
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
-    concurrency = plan.execution.max_concurrent or default_concurrency(resources)
     attach(stage, events, StageTotals(trials=search.num_samples if search else len(trials),
                                       epochs=int(search.base_config["epochs"]) if search else None,
                                       concurrency=concurrency))
