@@ -1,7 +1,9 @@
 """Tune's own saved state, checked before `study resume` hands it back to Tune.
 
-Tune keeps an experiment's state as pickles (tuner.pkl, the searcher's and the scheduler's
-state, objects inside experiment_state-*.json) and unpickles them on restore. A pickle can name
+Tune keeps an experiment's state as pickles (tuner.pkl, the searcher's state and its generator's
+(search_gen_state-*.json, a pickle despite its name), objects inside experiment_state-*.json) and
+unpickles them on restore. A study's own searcher and scheduler (study/tune/adapters.py) pickle
+nothing but their stage's name: their state is the study's ledger, JSON. A pickle can name
 any function to call, so a study folder on shared disk or in a bucket could run code on the
 machine of whoever resumes it. Before a restore, every pickle Tune would load is read here with
 an unpickler that builds nothing: each global it names must be one of ALLOWED (the classes Tune,
@@ -37,7 +39,8 @@ ALLOWED = frozenset({
     "ray.train._internal.checkpoint_manager._CheckpointManager", "ray.train._internal.session._TrainingResult",
     "ray.train._internal.storage.StorageContext", "ray.train._internal.storage._FilesystemSyncer",
     "ray.tune.Checkpoint", "ray.tune.CheckpointConfig", "ray.tune.FailureConfig", "ray.tune.RunConfig",
-    "ray.tune.execution.placement_groups.PlacementGroupFactory", "ray.tune.logger.json.JsonLoggerCallback",
+    "ray.tune.execution.placement_groups.PlacementGroupFactory", "ray.tune.experiment.experiment.Experiment",
+    "ray.tune.logger.json.JsonLoggerCallback",
     "ray.tune.schedulers.async_hyperband.AsyncHyperBandScheduler", "ray.tune.schedulers.async_hyperband._Bracket",
     "ray.tune.schedulers.trial_scheduler.FIFOScheduler", "ray.tune.stopper.noop.NoopStopper",
     "ray.tune.tune_config.TuneConfig",
@@ -62,6 +65,8 @@ ALLOWED = frozenset({
 REFERENCED = frozenset({"ray.train._internal.storage._upload_to_fs_path"})
 HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles inside its JSON (protocol >= 2)
 STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")
+# A pickle despite its name: Tune's search generator state (the searcher's sample count, its concurrency limiter).
+SEARCH_GENERATOR_FILE = re.compile(r"search_gen_state-.*\.json\Z")
 
 
 class _Nothing:
@@ -145,7 +150,7 @@ def check_stage_folder(storage, name: str, stage: str) -> None:
             storage.delete(name, stage, trial, ERROR_PICKLE)
     for file in storage.list_files(name, stage):
         where = storage.uri(name, stage, file)
-        if file.endswith(".pkl"):
+        if file.endswith(".pkl") or SEARCH_GENERATOR_FILE.match(file):
             check_pickle(storage.read_bytes(name, stage, file), where)
         elif STATE_FILE.match(file):
             _check_experiment_state(storage.read_text(name, stage, file), where)
