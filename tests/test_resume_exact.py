@@ -203,3 +203,18 @@ def test_ashas_rule_decides_as_tunes_scheduler_does():
         assert ours.keys() == theirs.keys()
         for m in ours:
             assert np.array_equal(list(ours[m].values()), list(theirs[m].values()), equal_nan=True)
+
+
+def test_a_damaged_ledger_is_named_and_the_promise_says_what_is_left(tmp_path):
+    """A study whose ledger is unreadable: `status` names the file and says the resume promises nothing until a
+    resume has rebuilt it (the grid test above: the rebuild itself)."""
+    from study.reading.status import status_summary
+    from tests.fake_study import fake_trial, write_fake_study
+
+    storage = write_fake_study(tmp_path / "studies", "s", [fake_trial("a", 0, [0.5, 0.6])], search={"num_samples": 2})
+    assert status_summary(storage, "s")["resume"]["promise"] == "none"  # begun without a ledger
+    Path(storage.path("s", LEDGER_FILE)).write_text('{"format": 1, "trials": [')
+    summary = status_summary(storage, "s")
+    assert any(LEDGER_FILE in note and "damaged" in note and "`study resume` rebuilds it" in note
+               for note in summary["notes"])
+    assert summary["resume"]["promise"] == "none" and "without a ledger" in summary["resume"]["why"]

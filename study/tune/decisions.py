@@ -262,20 +262,19 @@ def carried(epoch_rows: list[dict], key: str, stage: str, metric: str) -> list[t
     return found
 
 
-def prepare_decisions(storage: Storage, name: str, plan: Plan, stage: str, restoring: bool, concurrency: int,
+def prepare_decisions(storage: Storage, name: str, plan: Plan, stage: str, results, concurrency: int,
                       legacy: bool = False) -> StageDecisions | None:
     """This driver's decisions for a stage, attached for Tune's classes: the ledger read (or begun, or rebuilt
-    from the record), brought up to the record, and (a search) its Optuna study replayed. None: the stage
+    from the record), brought up to the record, and (a search) its Optuna study replayed. `results`: the study's
+    record (StudyResults) when Tune restores the stage or the study has a ledger, else None. None: the stage
     decides nothing (pretraining, a grid without ASHA), or `legacy`: Tune's restored experiment was begun by a
     segstudy that kept no ledger (its own searcher and scheduler come back from its state, as they did then)."""
-    from study.reading.results import load_results
     from study.tune.optuna_live import LiveSearch
 
     if stage != "main" or not decides(plan) or legacy:
         attach(stage, None)
         return None
     ledger, notes = read_ledger(storage, name)
-    results = load_results(storage, name) if restoring or ledger is not None else None
     if ledger is None:
         ledger = Ledger(stage=stage, searcher=plan.execution.searcher.type, scheduler=plan.execution.scheduler.type)
         if results is not None and any(r["stage"] == stage and r.get("trial_id") for r in results.rows):

@@ -157,14 +157,13 @@ def default_concurrency(resources: dict) -> int:
     return max(1, int(min(limits)))
 
 
-def stopped_trials(storage: Storage, name: str, stage: str) -> tuple[str, ...]:
-    """Trial keys of the stage that the scheduler stopped early, as the study's record says. Tune's experiment
-    state is saved periodically: a trial stopped after its last save is RUNNING there, and a restore would
-    train it on from its checkpoint against the scheduler's decision."""
+def stopped_trials(rows: list[dict], stage: str) -> tuple[str, ...]:
+    """Trial keys of the stage that the scheduler stopped early, as the study's record (`rows`: StudyResults.rows)
+    says. Tune's experiment state is saved periodically: a trial stopped after its last save is RUNNING there,
+    and a restore would train it on from its checkpoint against the scheduler's decision."""
     from study.planning.record import TrialState
-    from study.reading.results import load_results
 
-    return tuple(sorted(row["trial_key"] for row in load_results(storage, name).rows
+    return tuple(sorted(row["trial_key"] for row in rows
                         if row["stage"] == stage and row["status"] == TrialState.EARLY_STOPPED.value))
 
 
@@ -179,6 +178,8 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     from ray.tune.logger import JsonLoggerCallback
     from ray.tune.schedulers import FIFOScheduler
 
+    from study.folder.ledger import LEDGER_FILE
+    from study.reading.results import load_results
     from study.tune.adapters import StudyScheduler, StudySearcher
     from study.tune.decisions import prepare_decisions
     from trainables.tune_adapter import train_trial
@@ -192,8 +193,9 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     legacy = restoring and f"{StudyScheduler.__module__}.{StudyScheduler.__name__}" not in \
         tuner_names(storage, name, stage)
     concurrency = plan.execution.max_concurrent or default_concurrency(resources)
-    decisions = prepare_decisions(storage, name, plan, stage, restoring, concurrency, legacy)
-    stopped = set(stopped_trials(storage, name, stage)) if restoring else set()
+    results = load_results(storage, name) if restoring or storage.exists(name, LEDGER_FILE) else None
+    decisions = prepare_decisions(storage, name, plan, stage, results, concurrency, legacy)
+    stopped = set(stopped_trials(results.rows, stage)) if restoring else set()
     stopped |= set(decisions.ledger.stopped if decisions is not None else ())
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
                            variants=search.labels if search else {}, encoders=encoders, stopped=tuple(sorted(stopped)))
