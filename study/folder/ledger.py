@@ -139,14 +139,17 @@ def resume_promise(plan, ledger: Ledger | None, started: bool) -> dict:
                                               f"rebuilt it"}
     if ledger is not None and not ledger.exact:
         return {"promise": NO_PROMISE, "why": "; ".join(ledger.notes) or "the ledger was rebuilt"}
-    what = "the searcher proposes" if plan.search is not None else "the plan's trials run"
-    stops = " and ASHA stops the same trials at the same epochs" if plan.execution.scheduler.type == "asha" else ""
+    searcher = "the searcher proposes" if plan.search is not None else "the plan's trials run"
+    asha = plan.execution.scheduler.type == "asha"
+    stops = " and ASHA stops the same trials at the same epochs" if asha else ""
     if at_once == 1:
-        return {"promise": EXACT, "why": f"one trial at a time: killed at any point and resumed, {what} the same "
-                                         f"configurations in the same order{stops}, as an uninterrupted run with the "
-                                         f"same seed"}
+        return {"promise": EXACT, "why": f"one trial at a time: killed at any point and resumed, {searcher} the "
+                                         f"same configurations in the same order{stops}, as an uninterrupted run "
+                                         f"with the same seed"}
+    deciders = [name for name, present in (("the searcher", plan.search is not None), ("ASHA", asha)) if present]
     return {"promise": SAME_SEQUENCE,
-            "why": f"{at_once or 'several'} trials at a time: the order in which they report and end depends on "
-                   f"timing, so a resumed study proposes{stops and ' and stops'} what the uninterrupted one would "
-                   f"for the same sequence of asks and results, not necessarily what an uninterrupted run would "
-                   f"have met"}
+            "why": f"{at_once or 'several'} trials at a time: which of them reports or ends first depends on timing, "
+                   f"and {' and '.join(deciders)} {'decide' if len(deciders) > 1 else 'decides'} on that order; a "
+                   f"resumed study decides what the uninterrupted one "
+                   f"would for the same sequence of asks and results (which two uninterrupted runs need not share "
+                   f"either)"}
