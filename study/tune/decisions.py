@@ -98,7 +98,8 @@ class StageDecisions:
             entry.stopped_epoch = epoch
         if early or sum(len(r) for r in self.ledger.rungs.values()) != rungs_before:
             self.save()
-            self._kill_point("stop", entry.index) if early else None
+        if early:
+            self._kill_point("stop", entry.index)
         return stop
 
     def complete(self, key: str) -> None:
