@@ -216,7 +216,8 @@ class StageDecisions:
 
     def _broken(self, why: str) -> None:
         self.ledger.exact = False
-        self.ledger.notes.append(why)
+        if why not in self.ledger.notes:  # each driver start catches up again
+            self.ledger.notes.append(why)
 
     def save(self) -> None:
         write_ledger(self.storage, self.name, self.ledger)
