@@ -40,11 +40,13 @@ def run_study_cli(args: list[str], cwd: Path, storage: Path, timeout: float = 60
     return process
 
 
-def start_study_cli(args: list[str], cwd: Path, storage: Path, log: Path) -> subprocess.Popen:
-    """A driver in its own process group, so a test can kill it and everything it started."""
+def start_study_cli(args: list[str], cwd: Path, storage: Path, log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A driver in its own process group, so a test can kill it and everything it started. `env`: variables
+    added to the study's environment."""
     handle = open(log, "w")
-    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=cwd, env=study_env(storage),
-                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen([sys.executable, "-m", "study.cli", *args], cwd=cwd,
+                            env={**study_env(storage), **(env or {})}, stdout=handle, stderr=subprocess.STDOUT,
+                            start_new_session=True)
 
 
 def kill_group(process: subprocess.Popen, sig=signal.SIGKILL, grace: float = 0.0) -> None:
@@ -69,15 +71,40 @@ def wait_for(condition, timeout: float, interval: float = 0.2, what: str = "cond
 
 def crash_driver_when(driver: subprocess.Popen, condition, log: Path, what: str, interval: float = 0.1) -> None:
     """SIGKILL the driver alone once `condition()` holds, as a crash would; then the Ray processes it left."""
+    def alive_until() -> bool:
+        if driver.poll() is not None and not condition():
+            raise AssertionError(f"the driver exited ({driver.returncode})")
+        return condition()
+
     try:
-        wait_for(condition, timeout=300, interval=interval, what=what)
-    except AssertionError:
+        wait_for(alive_until, timeout=300, interval=interval, what=what)
+    except AssertionError as error:
         kill_group(driver)
-        raise AssertionError(f"{what} never came:\n" + log.read_text()[-5000:]) from None
+        raise AssertionError(f"{what} never came ({error}):\n" + log.read_text()[-5000:]) from None
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
     time.sleep(2)
     kill_group(driver)
+
+
+def ledger_trials(study_folder: Path) -> dict:
+    """{trial index: the ledger's entry (a dict)} of the study's main stage, read while it runs ({} before)."""
+    import json
+
+    from study.folder.ledger import LEDGER_FILE
+
+    try:
+        data = json.loads((Path(study_folder) / LEDGER_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {trial["index"]: trial for trial in data["trials"]}
+
+
+def trial_reached(study_folder: Path, index: int, epoch: int) -> bool:
+    """The driver has logged epoch `epoch` of the trial it proposed `index`-th."""
+    entry = ledger_trials(study_folder).get(index)
+    return entry is not None and any(v.dir == entry["key"] and (v.last_epoch or 0) >= epoch
+                                     for v in driver_views(study_folder))
 
 
 def driver_views(study_folder: Path, stage: str = "main") -> list:

@@ -573,13 +573,14 @@ def test_the_report_reads_the_optuna_storage_the_searcher_writes(tmp_path):
     from dataclasses import replace
 
     from study.planning.plan import optuna_storage_url
-    from study.tune import stage  # imports Ray
+    from study.tune import decisions, optuna_record  # the live searcher's and the rebuilt study's
 
     storage, _ = search_study(tmp_path)
     plan = load_results(storage, "search").plan
     explicit = replace(plan, execution=replace(plan.execution, searcher=replace(
         plan.execution.searcher, storage=f"sqlite:///{tmp_path / 'elsewhere.db'}")))
-    assert stage.optuna_storage_url is optuna_storage_url  # the searcher and the report: one rule
+    # the searcher, the study rebuilt after the sweep and the report: one rule
+    assert decisions.optuna_storage_url is optuna_record.optuna_storage_url is optuna_storage_url
     assert optuna_storage_url(plan, storage, "search") == f"sqlite:///{storage.path('search', 'optuna.db')}"
     assert optuna_storage_url(explicit, storage, "search") == f"sqlite:///{tmp_path / 'elsewhere.db'}"
 

@@ -202,13 +202,14 @@ def test_a_traceback_tune_logs_while_saving_its_state_is_one_line():
 
 def test_a_restore_is_told_which_trials_the_scheduler_stopped(tmp_path):
     """Tune's saved state can lag the scheduler's stop; the record's early-stopped trials are not trained on."""
+    from study.reading.results import load_results
     from study.tune.stage import stopped_trials
     from tests.fake_study import fake_trial, write_fake_study
 
     trials = [fake_trial("a", 0, [0.5], status="early_stopped", epochs_planned=8), fake_trial("b", 0, [0.5, 0.6])]
-    storage = write_fake_study(tmp_path / "studies", "s", trials)
-    assert stopped_trials(storage, "s", "main") == (trials[0]["trial_key"],)
-    assert stopped_trials(storage, "s", "pretrain") == ()
+    rows = load_results(write_fake_study(tmp_path / "studies", "s", trials), "s").rows
+    assert stopped_trials(rows, "main") == (trials[0]["trial_key"],)
+    assert stopped_trials(rows, "pretrain") == ()
 
 
 def test_a_trial_that_ended_under_an_earlier_driver_is_told_by_its_checkpoint(finished_tiny_study, tmp_path, capsys):

@@ -51,8 +51,11 @@ def search_trial_key(trial_id: str | None) -> str:
 
 
 def trial_dirname(config: dict, trial_id: str) -> str:
-    """A trial's folder name in its stage: its trial key (searcher trials: search-<Tune's trial id>)."""
-    return config["trial"]["trial_key"] if "trial" in config else search_trial_key(trial_id)
+    """A trial's folder name in its stage: its trial key (searcher trials: the one their config names, else
+    search-<Tune's trial id>; a proposal handed out again after a resume keeps the key it was first given)."""
+    if "trial" in config:
+        return config["trial"]["trial_key"]
+    return config.get("trial_key") or search_trial_key(trial_id)
 
 
 def join_uri(base: str, *names: str) -> str:

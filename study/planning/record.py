@@ -97,6 +97,9 @@ IDENTITY_COLUMNS = (
     Column("trial_key", STRING, "the trial's key: <configuration>-s<seed>, search-<trial id>, or "
                                 "pretrain-<source>-<arch>-<stem>-<key>; its folder name in its stage", "identity"),
     Column("stage", STRING, "pretrain or main", "identity"),
+    Column("trial_index", INT, "the order in which the searcher proposed the trial, from 0 (a grid and pretraining: "
+                               "the plan's order; null: a searcher trial of a study begun before segstudy recorded it)",
+           "identity"),
     Column("config_name", STRING, "the configuration (a searcher trial: its variant, e.g. freeze=none/pretrain=none)",
            "identity"),
     Column("status", STRING, "finished, early_stopped, errored, diverged, running or pending", "identity"),
@@ -146,7 +149,7 @@ EPOCH_COLUMNS = EPOCH_IDENTITY + EPOCH_RECORD_COLUMNS + (
 IOU_DOC = EPOCH_FIELDS["val_iou"].metadata["doc"]
 
 # Table rows match on these (study files: tables[].rows[].match).
-MATCHABLE = {c.name: c for c in (*IDENTITY_COLUMNS[2:], *SETTING_COLUMNS)}
+MATCHABLE = {c.name: c for c in (*IDENTITY_COLUMNS[2:], *SETTING_COLUMNS) if c.name != "trial_index"}
 MATCH_CHOICES = {**CHOICES, "stage": STAGES, "status": tuple(s.value for s in TrialState)}
 
 

@@ -22,6 +22,7 @@ from functools import cached_property
 from study.errors import StudyError
 from study.folder.events import EVENTS_FILE, TrialView, replay
 from study.folder.files import read_plan, read_study_file, spec_copy_notes
+from study.folder.ledger import Ledger, read_ledger
 from study.folder.lock import driver_alive
 from study.folder.tune_state import STATE_FILE_PATTERN, TuneStateError, error_message, trial_statuses
 from study.planning.plan import Plan
@@ -73,6 +74,7 @@ class StudyResults:
     views: dict  # (stage, trial folder) -> events.TrialView: what the drivers saw
     driver: dict | None  # the live driver ({pid, host, since}), None when none runs the study
     history: tuple = ()  # the drivers that ran it (study.json)
+    ledger: Ledger | None = None  # the main stage's searcher and scheduler decisions (study/folder/ledger.py)
 
     @cached_property
     def trials(self):
@@ -92,6 +94,8 @@ def load_results(storage: Storage, name: str) -> StudyResults:
     notes += damage
     views, damage = read_events(storage, name)
     notes += damage
+    ledger, damage = read_ledger(storage, name)
+    notes += damage
     driver = driver_alive(storage, name)
     context = StudyContext(base=plan.search.base_config if plan.search else {},
                            variants=plan.search.labels if plan.search else {})
@@ -100,7 +104,8 @@ def load_results(storage: Storage, name: str) -> StudyResults:
         tune = _TuneStates(storage, name, stage, notes)
         for directory in storage.list_dirs(name, stage):
             row, epochs, trial_notes = _read_trial(storage, name, stage, directory, plan, context,
-                                                   views.get((stage, directory)), driver is not None, tune)
+                                                   views.get((stage, directory)), driver is not None, tune,
+                                                   ledger if ledger is not None and ledger.stage == stage else None)
             notes += trial_notes
             if row is not None:
                 trial_rows.append(row)
@@ -113,7 +118,7 @@ def load_results(storage: Storage, name: str) -> StudyResults:
     state = study_state(plan, trial_rows, study_file, driver)
     return StudyResults(name=name, plan=plan, rows=trial_rows, epoch_rows=epoch_rows,
                         iou_count=_class_count(plan, epoch_rows), state=state, notes=tuple(notes), views=views,
-                        driver=driver, history=tuple(study_file.get("history", ())))
+                        driver=driver, history=tuple(study_file.get("history", ())), ledger=ledger)
 
 
 def read_events(storage: Storage, name: str) -> tuple[dict, list[str]]:
@@ -143,7 +148,7 @@ def study_state(plan: Plan, rows: list[dict], study_file: dict, driver: dict | N
 
 # -- one trial folder ---------------------------------------------------------------------------
 def _read_trial(storage: Storage, name: str, stage: str, directory: str, plan: Plan, context: StudyContext,
-                view: TrialView | None, driver_alive_: bool, tune: _TuneStates):
+                view: TrialView | None, driver_alive_: bool, tune: _TuneStates, ledger: Ledger | None):
     folder = (name, stage, directory)
     where = storage.uri(*folder)
     notes: list[str] = []
@@ -175,13 +180,16 @@ def _read_trial(storage: Storage, name: str, stage: str, directory: str, plan: P
             notes.append(f"{where}: neither {RESULT_FILE} nor a checkpoint says which trial this is; left out")
         return None, [], notes
     trial_id = trial_id or (view.trial_id if view else None) or f"unknown-{directory}"
-    state, error = _decide_state(records, planned, view, driver_alive_, tune, directory, plan, storage, folder)
+    decided = ledger.by_key(identity["trial_key"]) if ledger is not None else None
+    state, error = _decide_state(records, planned, view, driver_alive_, tune, directory, plan, storage, folder,
+                                 decided)
     epochs = _epoch_rows(records, trial_id, stage, identity, settings)
     last = records[-1] if records else {}
     validated = [e for e in epochs if e.get("validated")]
     best = max(validated, key=lambda e: e["val_miou"] if _finite(e.get("val_miou")) else -1.0, default={})
     final_val = validated[-1] if validated else {}
     row = {"study": name, "trial_id": trial_id, **identity, "status": state.value, **setting_values(settings),
+           "trial_index": _trial_index(config, identity, plan, decided),
            "epochs_run": len(epochs), "best_val_miou": best.get("val_miou"), "best_epoch": best.get("epoch"),
            "final_train_loss": last.get("train_loss"), "final_train_miou": last.get("train_miou"),
            "final_val_loss": final_val.get("val_loss"), "final_val_miou": final_val.get("val_miou"),
@@ -268,12 +276,14 @@ def _covers(records: list[dict], planned: int | None) -> bool:
     return bool(records[-1].get("diverged")) or planned is None or epochs[-1] >= planned
 
 
-def _decide_state(records, planned, view, driver_alive_: bool, tune, directory, plan, storage, folder):
+def _decide_state(records, planned, view, driver_alive_: bool, tune, directory, plan, storage, folder, decided):
     last = records[-1] if records else None
     if last is not None and last.get("diverged"):
         return TrialState.DIVERGED, None
     if last is not None and planned is not None and last["epoch"] >= planned:
         return TrialState.FINISHED, None
+    if decided is not None and decided.stopped_epoch is not None:
+        return TrialState.EARLY_STOPPED, None  # the ledger holds the scheduler's decisions as they were made
     if view is not None:
         if view.state in (TrialState.ERRORED, TrialState.EARLY_STOPPED):
             return view.state, view.error
@@ -285,12 +295,30 @@ def _decide_state(records, planned, view, driver_alive_: bool, tune, directory, 
     if status == "TERMINATED" and records and plan.execution.scheduler.type == "asha":
         return TrialState.EARLY_STOPPED, None
     if status is None and plan.search is not None and not driver_alive_:
-        # Started, then its driver was killed before Tune's experiment state named it: a restored
-        # sweep cannot continue it, and its searcher samples another trial in its place.
+        if decided is not None and decided.ended is None:
+            return TrialState.PENDING, None  # asked before a kill: `study resume` hands its proposal out again
+        # Started, then its driver was killed before Tune's experiment state named it: a study begun without
+        # a ledger cannot continue it, and its searcher samples another trial in its place.
         return TrialState.ERRORED, ABANDONED
     if driver_alive_ and view is not None and view.state == TrialState.RUNNING:
         return TrialState.RUNNING, None
     return TrialState.PENDING, None
+
+
+def _trial_index(config: dict | None, identity: dict, plan: Plan, decided) -> int | None:
+    """The order in which the searcher proposed the trial (its config says, else the ledger); a grid trial's or
+    pretraining job's place in the plan."""
+    if config is not None and "trial" not in config and config.get("trial_index") is not None:
+        return int(config["trial_index"])
+    if decided is not None and decided.index >= 0:
+        return decided.index
+    return _planned_index(plan, identity["stage"], identity["trial_key"])
+
+
+def _planned_index(plan: Plan, stage: str, trial_key: str) -> int | None:
+    keys = [job.trial_key for job in plan.pretrain_jobs] if stage == Stage.PRETRAIN.value else \
+        [trial.trial_key for trial in plan.trials]
+    return keys.index(trial_key) if trial_key in keys else None
 
 
 def _error_text(storage: Storage, folder: tuple) -> str | None:
@@ -368,6 +396,7 @@ def _add_reused_pretraining(storage: Storage, name: str, plan: Plan, trial_rows:
         last = records[-1]
         validated = [e for e in epochs if e.get("validated")]
         trial_rows.append({"study": name, "trial_id": trial_id, **identity, "status": TrialState.FINISHED.value,
+                           "trial_index": _planned_index(plan, "pretrain", job.trial_key),
                            **setting_values(job.config), "epochs_run": len(epochs),
                            "best_val_miou": last.get("best_val_miou"), "best_epoch": last.get("best_epoch"),
                            "final_train_loss": last.get("train_loss"), "final_train_miou": last.get("train_miou"),
@@ -384,8 +413,8 @@ def _add_pending(plan: Plan, trial_rows: list, name: str) -> None:
     for stage, key, config_name, config in planned:
         if (stage, key) not in started:
             trial_rows.append({"study": name, "trial_key": key, "config_name": config_name, "stage": stage,
-                               "status": TrialState.PENDING.value, **setting_values(config), "epochs_run": 0,
-                               "reused": False})
+                               "trial_index": _planned_index(plan, stage, key), "status": TrialState.PENDING.value,
+                               **setting_values(config), "epochs_run": 0, "reused": False})
 
 
 class _TuneStates:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from study.folder.ledger import resume_promise
 from study.planning.record import Stage, TrialState
 from study.reading.results import StudyResults, load_results
 from study.storage import Storage
@@ -34,6 +35,8 @@ def summarize(results: StudyResults, where: str) -> dict:
     for row in rows:
         if row["status"] == TrialState.ERRORED.value:
             summary["errors"].append({"trial_key": row["trial_key"], "error": row.get("error") or "unknown error"})
+    started = any(row["stage"] == Stage.MAIN.value and row.get("trial_id") is not None for row in rows)
+    summary["resume"] = resume_promise(results.plan, results.ledger, started)
     return summary
 
 
@@ -76,6 +79,8 @@ def format_status(summary: dict) -> str:
                      f"at epoch {best['best_epoch']} ({best['status']})")
     for error in summary["errors"]:
         lines.append(f"  errored {error['trial_key']}: {error['error']}")
+    if summary.get("resume"):
+        lines.append(f"  a resume promises: {summary['resume']['promise']} ({summary['resume']['why']})")
     for note in summary["notes"]:
         lines.append(f"  note: {note}")
     return "\n".join(lines)

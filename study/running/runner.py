@@ -85,6 +85,10 @@ def resume_study(storage: Storage, name: str, address: str | None = None, dashbo
         if audit_study(plan, results.rows).complete:
             _, history = _study_history(storage, name)
             write_study_file(storage, name, StudyState.FINISHED, history)
+            if plan.search is not None:  # a driver killed while it rebuilt the Optuna study left it part-built
+                from study.tune.optuna_record import sync_optuna_study
+
+                sync_optuna_study(plan, storage, name, results.trials, results.epochs)
             say(f"study {name} is already finished; nothing to resume (see `study status {name}`)")
             return 0
         tracking = preflight(plan.execution.tracking, storage.uri(name, SPEC_FILE), address, dashboard)
@@ -261,7 +265,8 @@ def run_pretraining(plan: Plan, storage: Storage, name: str, resources: dict, ev
 
 
 def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders: dict, events: EventLog) -> bool:
-    from study.tune.stage import run_stage, sync_optuna_study
+    from study.tune.optuna_record import sync_optuna_study
+    from study.tune.stage import run_stage
 
     if plan.search is not None:
         if run_stage(plan, storage, name, "main", None, resources, encoders, events)[1]:

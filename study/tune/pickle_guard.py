@@ -1,7 +1,9 @@
 """Tune's own saved state, checked before `study resume` hands it back to Tune.
 
-Tune keeps an experiment's state as pickles (tuner.pkl, the searcher's and the scheduler's
-state, objects inside experiment_state-*.json) and unpickles them on restore. A pickle can name
+Tune keeps an experiment's state as pickles (tuner.pkl, the searcher's state and its generator's
+(search_gen_state-*.json, a pickle despite its name), objects inside experiment_state-*.json) and
+unpickles them on restore. A study's own searcher and scheduler (study/tune/adapters.py) pickle
+nothing but their stage's name: their state is the study's ledger, JSON. A pickle can name
 any function to call, so a study folder on shared disk or in a bucket could run code on the
 machine of whoever resumes it. Before a restore, every pickle Tune would load is read here with
 an unpickler that builds nothing: each global it names must be one of ALLOWED (the classes Tune,
@@ -37,7 +39,8 @@ ALLOWED = frozenset({
     "ray.train._internal.checkpoint_manager._CheckpointManager", "ray.train._internal.session._TrainingResult",
     "ray.train._internal.storage.StorageContext", "ray.train._internal.storage._FilesystemSyncer",
     "ray.tune.Checkpoint", "ray.tune.CheckpointConfig", "ray.tune.FailureConfig", "ray.tune.RunConfig",
-    "ray.tune.execution.placement_groups.PlacementGroupFactory", "ray.tune.logger.json.JsonLoggerCallback",
+    "ray.tune.execution.placement_groups.PlacementGroupFactory", "ray.tune.experiment.experiment.Experiment",
+    "ray.tune.logger.json.JsonLoggerCallback",
     "ray.tune.schedulers.async_hyperband.AsyncHyperBandScheduler", "ray.tune.schedulers.async_hyperband._Bracket",
     "ray.tune.schedulers.trial_scheduler.FIFOScheduler", "ray.tune.stopper.noop.NoopStopper",
     "ray.tune.tune_config.TuneConfig",
@@ -52,6 +55,7 @@ ALLOWED = frozenset({
     "optuna.study.study.Study", "optuna.trial._frozen.FrozenTrial", "optuna.trial._state.TrialState",
     "optuna.trial._trial.Trial",
     "study.tune.callback.StudyProgress", "study.tune.searcher.StudyOptunaSearch", "study.tune.searcher.VariantSpace",
+    "study.tune.adapters.StudySearcher", "study.tune.adapters.StudyScheduler",
     "study.tune.stage._trial_dirname",
     "study.tune.tracking.StudyMLflowLogger", "study.tune.tracking.StudyWandbLogger",
     "study.tune.tracking.StudyTensorBoardLogger", "study.tune.tracking.TrialFacts", "trainables.trial.StudyContext",
@@ -61,6 +65,8 @@ ALLOWED = frozenset({
 REFERENCED = frozenset({"ray.train._internal.storage._upload_to_fs_path"})
 HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles inside its JSON (protocol >= 2)
 STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")
+# A pickle despite its name: Tune's search generator state (the searcher's sample count, its concurrency limiter).
+SEARCH_GENERATOR_FILE = re.compile(r"search_gen_state-.*\.json\Z")
 
 
 class _Nothing:
@@ -95,8 +101,13 @@ def _never_called(qualified: str) -> type:
 
 
 class _Checker(pickle.Unpickler):
+    def __init__(self, file):
+        super().__init__(file)
+        self.names: set[str] = set()
+
     def find_class(self, module: str, name: str):
         qualified = f"{module}.{name}"
+        self.names.add(qualified)
         if qualified in REFERENCED:
             return _never_called(qualified)
         if qualified not in ALLOWED:
@@ -104,13 +115,26 @@ class _Checker(pickle.Unpickler):
         return _Nothing
 
 
-def check_pickle(data: bytes, where: str) -> None:
-    """Refuse (StudyError) a pickle that names anything outside ALLOWED, or that cannot be read."""
+def check_pickle(data: bytes, where: str) -> set[str]:
+    """Refuse (StudyError) a pickle that names anything outside ALLOWED, or that cannot be read; else the
+    globals it names."""
+    checker = _Checker(io.BytesIO(data))
     try:
-        _Checker(io.BytesIO(data)).load()
+        checker.load()
     except Exception as error:  # anything a crafted pickle makes the reader raise is a refusal
         raise StudyError(f"{where}: Tune's saved state holds a pickle this tool will not load ({error}); "
                          f"a damaged or hostile study folder? Nothing of it was run") from None
+    return checker.names
+
+
+TUNER_FILE = "tuner.pkl"  # Tune's pickled Tuner: the searcher and scheduler a restore runs with
+
+
+def tuner_names(storage, name: str, stage: str) -> set[str]:
+    """The globals that the stage's tuner.pkl names (checked as above; empty when there is none)."""
+    if not storage.exists(name, stage, TUNER_FILE):
+        return set()
+    return check_pickle(storage.read_bytes(name, stage, TUNER_FILE), storage.uri(name, stage, TUNER_FILE))
 
 
 ERROR_PICKLE = "error.pkl"
@@ -126,7 +150,7 @@ def check_stage_folder(storage, name: str, stage: str) -> None:
             storage.delete(name, stage, trial, ERROR_PICKLE)
     for file in storage.list_files(name, stage):
         where = storage.uri(name, stage, file)
-        if file.endswith(".pkl"):
+        if file.endswith(".pkl") or SEARCH_GENERATOR_FILE.match(file):
             check_pickle(storage.read_bytes(name, stage, file), where)
         elif STATE_FILE.match(file):
             _check_experiment_state(storage.read_text(name, stage, file), where)

@@ -14,10 +14,10 @@ import sys
 
 from study.errors import StudyError
 from study.folder.events import EventLog
-from study.planning.plan import Plan, SearchPlan, optuna_storage_url
+from study.planning.plan import Plan
 from study.storage import Storage
 from study.tune.callback import StageTotals, StudyProgress, attach
-from study.tune.pickle_guard import check_stage_folder
+from study.tune.pickle_guard import check_stage_folder, tuner_names
 from trainables.trial import StudyContext, trial_dirname
 
 # Tune's automatic loggers (CSV, TensorBoard) stay off: result.json is the record; TensorBoard files are
@@ -157,14 +157,13 @@ def default_concurrency(resources: dict) -> int:
     return max(1, int(min(limits)))
 
 
-def stopped_trials(storage: Storage, name: str, stage: str) -> tuple[str, ...]:
-    """Trial keys of the stage that the scheduler stopped early, as the study's record says. Tune's experiment
-    state is saved periodically: a trial stopped after its last save is RUNNING there, and a restore would
-    train it on from its checkpoint against the scheduler's decision."""
+def stopped_trials(rows: list[dict], stage: str) -> tuple[str, ...]:
+    """Trial keys of the stage that the scheduler stopped early, as the study's record (`rows`: StudyResults.rows)
+    says. Tune's experiment state is saved periodically: a trial stopped after its last save is RUNNING there,
+    and a restore would train it on from its checkpoint against the scheduler's decision."""
     from study.planning.record import TrialState
-    from study.reading.results import load_results
 
-    return tuple(sorted(row["trial_key"] for row in load_results(storage, name).rows
+    return tuple(sorted(row["trial_key"] for row in rows
                         if row["stage"] == stage and row["status"] == TrialState.EARLY_STOPPED.value))
 
 
@@ -177,23 +176,35 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     """
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
+    from ray.tune.schedulers import FIFOScheduler
 
+    from study.folder.ledger import LEDGER_FILE
+    from study.reading.results import load_results
+    from study.tune.adapters import StudyScheduler, StudySearcher
+    from study.tune.decisions import prepare_decisions
     from trainables.tune_adapter import train_trial
 
     search = plan.search if trials is None else None
     experiment, filesystem = tune_location(storage, name, stage)
     restoring = not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
+    if restoring:
+        check_stage_folder(storage, name, stage)  # Tune unpickles its saved state: nothing unexpected in it
+    # A stage begun by a segstudy that kept no ledger restores with the searcher and scheduler it began with.
+    legacy = restoring and f"{StudyScheduler.__module__}.{StudyScheduler.__name__}" not in \
+        tuner_names(storage, name, stage)
+    concurrency = plan.execution.max_concurrent or default_concurrency(resources)
+    results = load_results(storage, name) if restoring or storage.exists(name, LEDGER_FILE) else None
+    decisions = prepare_decisions(storage, name, plan, stage, results, concurrency, legacy)
+    stopped = set(stopped_trials(results.rows, stage)) if restoring else set()
+    stopped |= set(decisions.ledger.stopped if decisions is not None else ())
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
-                           variants=search.labels if search else {}, encoders=encoders,
-                           stopped=stopped_trials(storage, name, stage) if restoring else (),
+                           variants=search.labels if search else {}, encoders=encoders, stopped=tuple(sorted(stopped)),
                            datasets={dataset: plan.declaration(dataset).to_dict() for dataset in plan.datasets})
     trainable = tune.with_resources(tune.with_parameters(train_trial, context=context), resources)
-    concurrency = plan.execution.max_concurrent or default_concurrency(resources)
     attach(stage, events, StageTotals(trials=search.num_samples if search else len(trials),
                                       epochs=int(search.base_config["epochs"]) if search else None,
                                       concurrency=concurrency))
     if restoring:
-        check_stage_folder(storage, name, stage)  # Tune unpickles its saved state: nothing unexpected in it
         say(f"[{stage}] restoring the experiment at {storage.uri(name, stage)}")
         tuner = tune.Tuner.restore(experiment, trainable, resume_unfinished=True, resume_errored=True,
                                    storage_filesystem=filesystem)
@@ -206,7 +217,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     tune_config = dict(
         max_concurrent_trials=concurrency,
         reuse_actors=True,
-        scheduler=make_scheduler(plan, stage),
+        scheduler=StudyScheduler(stage) if decisions is not None else FIFOScheduler(),
         trial_dirname_creator=_trial_dirname,
         trial_name_creator=_trial_dirname,
     )
@@ -214,7 +225,7 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
         param_space = {"trial": tune.grid_search(trials)}
     else:
         param_space = {}
-        tune_config.update(search_alg=make_optuna_search(plan, search, storage, name), num_samples=search.num_samples)
+        tune_config.update(search_alg=StudySearcher(stage), num_samples=search.num_samples)
     storage_path, filesystem = tune_location(storage, name)
     run_config = tune.RunConfig(
         name=stage,
@@ -334,55 +345,6 @@ def fit_watched(tuner):
         for logger in loggers:
             logger.removeFilter(watch)
     return grid, watch.interrupted
-
-
-def make_scheduler(plan: Plan, stage: str):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-
-    settings = plan.execution.scheduler
-    if stage == "pretrain" or settings.type == "fifo":
-        return FIFOScheduler()
-    return ASHAScheduler(time_attr="epoch", metric=settings.metric, mode=settings.mode,
-                         grace_period=settings.grace_period, reduction_factor=settings.reduction_factor,
-                         max_t=settings.max_t)
-
-
-def make_optuna_search(plan: Plan, search: SearchPlan, storage: Storage, name: str):
-    import optuna
-
-    from study.tune.searcher import StudyOptunaSearch
-
-    searcher = plan.execution.searcher
-    url = optuna_storage_url(plan, storage, name)
-    sampler = optuna.samplers.TPESampler(seed=searcher.seed, multivariate=searcher.multivariate,
-                                         constant_liar=searcher.constant_liar)
-    return StudyOptunaSearch(
-        space=variant_space(search), metric=plan.execution.scheduler.metric, mode=plan.execution.scheduler.mode,
-        sampler=sampler, study_name=name, storage=optuna.storages.RDBStorage(url) if url else None,
-    )
-
-
-def variant_space(search: SearchPlan):
-    from study.tune.searcher import VariantSpace
-
-    return VariantSpace(tuple(search.labels), tuple((k, tuple(v)) for k, v in search.float_dims.items()))
-
-
-def sync_optuna_study(plan: Plan, storage: Storage, name: str, trials, epochs) -> None:
-    """After the sweep: the Optuna study rebuilt from the study's record (study/tune/searcher.py).
-
-    `trials`, `epochs`: the study's record (results.trials, results.epochs).
-    """
-    import optuna
-
-    from study.tune.searcher import reconcile_optuna_study, searched_trials
-
-    url = optuna_storage_url(plan, storage, name)
-    if url is None:
-        return
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    outcome = reconcile_optuna_study(optuna.storages.RDBStorage(url), name, plan, searched_trials(plan, trials, epochs))
-    say(f"[optuna] {outcome}")
 
 
 def _trial_dirname(trial) -> str:
