@@ -107,17 +107,17 @@ def test_built_in_weights_are_copied_once_into_the_storage_and_read_by_the_trial
     env.pop("HF_HUB_CACHE", None)  # it would win over HF_HOME
     run = run_study_cli(["run", str(spec)], tmp_path, storage, env=env)
     assert "study archs finished" in run.stderr
-    copies = sorted((storage / "_artifacts" / "weights").rglob("*.*"))
-    assert [p.name for p in copies] == sorted(["lraspp_mobilenet_v3_large-d234d4ea.pth", "model.safetensors",
-                                               "mobilenet_v3_large-5c1a4163.pth"])
+    copies = {p.name: p for p in (storage / "_artifacts" / "weights").rglob("*.*")}
+    assert sorted(copies) == ["lraspp_mobilenet_v3_large-d234d4ea.pth", "mobilenet_v3_large-5c1a4163.pth",
+                              "model.safetensors"]
     results = load_results(Storage(storage), "archs")
     final = {row["config_name"]: load_weights(row["weights_final"]) for row in results.trials.to_dict("records")}
     # a frozen encoder ends as it was loaded: equal to the file's backbone
-    coco = torch.load(copies[0], weights_only=True)
+    coco = torch.load(copies["lraspp_mobilenet_v3_large-d234d4ea.pth"], weights_only=True)
     for key, value in final["lraspp-coco"].items():
         if key.startswith("encoder."):
             assert np.array_equal(value.numpy(), coco["backbone." + key[len("encoder."):]].numpy()), key
-    mobilenet = torch.load(copies[2], weights_only=True)
+    mobilenet = torch.load(copies["mobilenet_v3_large-5c1a4163.pth"], weights_only=True)
     assert np.array_equal(final["lraspp-imagenet"]["encoder.0.0.weight"].numpy(),
                           mobilenet["features.0.0.weight"].numpy())
     assert not np.array_equal(final["lraspp-coco"]["encoder.0.0.weight"].numpy(),

@@ -244,3 +244,25 @@ def test_a_trial_that_ended_under_an_earlier_driver_is_told_by_its_checkpoint(fi
     ended = [json.loads(line) for line in (storage / "t" / EVENTS_FILE).read_text().splitlines()][-1]
     assert ended["event"] == "complete" and ended["state"] == TrialState.FINISHED.value
     assert f"{TrialState.FINISHED.words} {progress._key(trial)}" in capsys.readouterr().err
+
+
+def test_an_errored_searcher_trial_that_validated_is_a_failed_optuna_trial_without_a_value():
+    """Optuna refuses a FAIL trial with a value; a trial that validated, then errored, has a final val mIoU."""
+    import optuna
+
+    from study.planning.plan import make_plan
+    from study.planning.spec import load_spec
+    from study.tune.optuna_record import reconcile_optuna_study
+    from tests.study_helpers import SPECS
+
+    plan = make_plan(load_spec(SPECS / "smoke_search.yaml", environ={}), lambda declaration, root: "fixed")
+    label, variant = next(iter(plan.search.labels.items()))
+    storage = optuna.storages.InMemoryStorage()
+    optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    searched = [{"trial_id": "a", "trial_key": "search-a", "config_name": label, "trial_index": 0,
+                 "status": "errored", "categorical": dict(variant), "settings": {}, "floats": {"lr": 1e-3},
+                 "value": 0.42, "per_epoch": {1: 0.42}}]
+    reconcile_optuna_study(storage, "s", plan, searched)
+    trial, = optuna.load_study(study_name="s", storage=storage).get_trials()
+    assert trial.state == optuna.trial.TrialState.FAIL and trial.value is None
+    assert trial.intermediate_values == {1: 0.42}

@@ -42,6 +42,11 @@ def resolve_trial(config: dict, context: StudyContext, trial_id: str | None = No
         values = {**context.base, **context.variants[variant], "config_name": variant, "stage": "main",
                   "trial_key": search_trial_key(trial_id)}
         values.update({k: v for k, v in config.items() if k != "variant"})
+        # the base's model settings that this variant's architecture ignores (an aux head for LR-ASPP) at their
+        # defaults, as the study file's validation held them
+        from trainables.models import family_of
+
+        values = family_of(values["arch"]).normalise(values, {n: f.default for n, f in FIELDS.items()})
     identity = {key: values.pop(key) for key in IDENTITY}
     return identity, TrainConfig.from_dict({k: v for k, v in values.items() if k in FIELDS})
 

@@ -103,6 +103,8 @@ def reconcile_optuna_study(optuna_storage, study_name: str, plan, searched: list
             value = trial["per_epoch"][max(trial["per_epoch"])]  # as Optuna records a pruned trial: its last value
         if value is None and state == optuna.trial.TrialState.COMPLETE:
             state = optuna.trial.TrialState.FAIL  # Optuna's word for a trial without a value
+        if state == optuna.trial.TrialState.FAIL:
+            value = None  # an errored or diverged trial may have validated before it failed: Optuna takes no value
         user_attrs = {"trial_key": trial["trial_key"], "config_name": trial["config_name"], "status": trial["status"],
                       "tune_trial_id": trial["trial_id"], "metric": plan.execution.scheduler.metric,
                       "trial_index": trial["trial_index"], **trial["settings"]}
