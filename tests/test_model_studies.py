@@ -157,3 +157,26 @@ def test_models_yaml_searches_families_with_their_recipes_under_asha(tmp_path):
         recipe = ("adamw", 10.0, True) if row["arch"].startswith("segformer") else ("sgd", 1.0, False)
         assert (row["optimizer"], row["head_lr_mult"], row["no_decay_norms"]) == recipe, row["trial_key"]
         assert row["scheduler"] == "poly" and row["loss"] in ("ce", "ce_dice", "focal")
+
+
+@pytest.mark.parametrize("change", ["edited", "deleted"])
+def test_a_factory_changed_after_planning_is_named(tmp_path, monkeypatch, change):
+    from study.folder.files import factory_notes
+    from study.planning.plan import make_plan
+    from study.planning.spec import load_spec
+
+    module = f"my_nets_{change}"  # a module of its own per case: imported modules stay in sys.modules
+    package = tmp_path / f"{module}.py"
+    package.write_text((REPO / "tests" / "factory_models.py").read_text())
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = tmp_path / "pets"
+    spec = write_study(tmp_path, data, {}, configurations=[{"name": "mine", "arch": f"{module}:tiny"}])
+    plan = make_plan(load_spec(spec), lambda declaration, root: "fixed")
+    assert plan.factories[f"{module}:tiny"]["source"] == str(package) and factory_notes(plan) == []
+    if change == "edited":
+        package.write_text(package.read_text() + "\n# a change after planning\n")
+    else:
+        package.unlink()
+    note, = factory_notes(plan)
+    assert note.startswith(f"the model factory {module}:tiny's source {package} ")
+    assert ("was changed after the study was planned" if change == "edited" else "is gone") in note
