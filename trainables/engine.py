@@ -24,7 +24,9 @@ from trainables import cuda_graphs, metrics
 from trainables.checkpoint import get_rng_state, set_rng_state
 from trainables.config import TrainConfig
 from trainables.data import SPLITS, load_split
+from trainables.data.augment import Augmentation
 from trainables.data.device import DeviceSplit
+from trainables.data.stream import StreamedSplit, memory_budget, open_split
 from trainables.errors import ConfigError
 from trainables.losses import make_loss
 from trainables.models import build_model
@@ -133,12 +135,12 @@ def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
-    data: DeviceSplit,
+    data: DeviceSplit | StreamedSplit,
     *,
     batch_size: int,
     num_classes: int,
     generator: torch.Generator,
-    hflip: bool,
+    augment: Augmentation | None,
     autocast,
     step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> dict:
@@ -149,7 +151,7 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
-    for images, masks in data.batches(batch_size, shuffle=True, generator=generator, hflip=hflip):
+    for images, masks in data.batches(batch_size, shuffle=True, generator=generator, augment=augment):
         if step is None:
             loss, pred = train_step(model, optimizer, criterion, images, masks, autocast)
         else:
@@ -160,18 +162,57 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit, *, batch_size: int, num_classes: int,
-             autocast) -> dict:
+def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit | StreamedSplit, *, batch_size: int,
+             num_classes: int, autocast, window: tuple[int, int] | None = None,
+             stride: tuple[int, int] | None = None) -> dict:
+    """Loss and metrics over the split at its cached resolution: whole images, or sliding windows of `window`
+    (height, width) every `stride` (default two thirds of the window), logits averaged where they overlap."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
     for images, masks in data.batches(batch_size):
         with autocast:
-            outputs = outputs_of(model(images), masks.shape[-2:])
+            if window is None:
+                outputs = outputs_of(model(images), masks.shape[-2:])
+            else:
+                outputs = sliding_outputs(model, images, window, stride or default_stride(window))
             loss = criterion(outputs, masks)
         loss_sum += loss.double() * images.shape[0]
         confusion += metrics.confusion_matrix(outputs["out"].argmax(1), masks, num_classes)
     return {"loss": float(loss_sum) / len(data), **metrics.summarize(confusion)}
+
+
+def default_stride(window: tuple[int, int]) -> tuple[int, int]:
+    """Two thirds of the window (mmseg's 512 -> 341), at least 1."""
+    return tuple(max(1, 2 * side // 3) for side in window)
+
+
+def window_origins(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int]]:
+    """Top-left corners of the sliding windows over an image of `size`, as mmseg's slide inference places them:
+    every `stride`, the last window of a row or column moved back to end at the image's edge."""
+    axes = []
+    for length, side, step in zip(size, window, stride):
+        side = min(side, length)
+        steps = max(length - side + step - 1, 0) // step + 1
+        axes.append([max(min(i * step + side, length) - side, 0) for i in range(steps)])
+    return [(y, x) for y in axes[0] for x in axes[1]]
+
+
+def sliding_outputs(model: nn.Module, images: torch.Tensor, window: tuple[int, int],
+                    stride: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """The model's outputs over whole images from windows: each window's logits (at its size) summed into
+    place, divided by how many windows cover each pixel."""
+    size = tuple(images.shape[-2:])
+    height, width = min(window[0], size[0]), min(window[1], size[1])
+    sums: dict[str, torch.Tensor] = {}
+    covered = torch.zeros(1, 1, *size, device=images.device)
+    for y, x in window_origins(size, window, stride):
+        outputs = outputs_of(model(images[:, :, y : y + height, x : x + width]), (height, width))
+        for key, logits in outputs.items():
+            total = sums.setdefault(key, logits.new_zeros(*logits.shape[:2], *size))
+            total[:, :, y : y + height, x : x + width] += logits
+        covered[:, :, y : y + height, x : x + width] += 1
+    return {key: total / covered for key, total in sums.items()}
 
 
 def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
@@ -180,18 +221,22 @@ def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
 
 # The splits of the last run in this process, kept when `fit(..., reuse_data=True)`: a worker that Ray
 # reuses for trial after trial on the same data loads and copies it to the device once.
-_LAST_SPLITS: dict[tuple, DeviceSplit] = {}
+_LAST_SPLITS: dict[tuple, DeviceSplit | StreamedSplit] = {}
 
 
 def load_device_split(config: TrainConfig, split: str, device: torch.device, max_samples: int | None,
-                      reuse: bool = False) -> DeviceSplit:
+                      reuse: bool = False, augmented: bool = False) -> DeviceSplit | StreamedSplit:
+    """The split on the device, or streamed from its cache where it exceeds config.data_memory_mib.
+
+    augmented: its batches are augmented pixel by pixel (from uint8), so a resident split needs no float copy."""
     key = (config.dataset, config.data_root, split, tuple(config.image_size), config.cache_dir, max_samples,
-           str(device), config.channels_last)
+           str(device), config.channels_last, config.data_memory_mib, augmented)
     if reuse and key in _LAST_SPLITS:
         return _LAST_SPLITS[key]
     arrays = load_split(config.dataset, config.data_root, split, config.image_size, config.cache_dir,
                         max_samples=max_samples)
-    data = DeviceSplit(arrays.images, arrays.masks, device, channels_last=config.channels_last)
+    data = open_split(arrays, device, config.channels_last, memory_budget(device, config.data_memory_mib),
+                      normalised=not augmented)
     if reuse:
         if len(_LAST_SPLITS) >= 2:  # a train and a val split: what one run needs
             _LAST_SPLITS.clear()
@@ -220,7 +265,9 @@ def fit(
 
     model = build_model(config).to(device)  # first: missing weights fail before any data work
     train_split, val_split = SPLITS[config.dataset]
-    train_data = load_device_split(config, train_split, device, config.max_train_samples, reuse_data)
+    augment = Augmentation.of(config)
+    train_data = load_device_split(config, train_split, device, config.max_train_samples, reuse_data,
+                                   augmented=augment.transforms_pixels(tuple(config.image_size)))
     val_data = load_device_split(config, val_split, device, config.max_val_samples, reuse_data)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -260,7 +307,7 @@ def fit(
         train = train_one_epoch(
             forward_model, optimizer, criterion, train_data,
             batch_size=config.batch_size, num_classes=config.classes,
-            generator=generator, hflip=config.hflip, autocast=autocast, step=step,
+            generator=generator, augment=augment, autocast=autocast, step=step,
         )
         train_seconds = time.perf_counter() - started
         scheduler.step()
@@ -271,7 +318,8 @@ def fit(
         )
         if not record.diverged and is_validation_epoch(epoch, config):
             val = evaluate(forward_model, criterion, val_data, batch_size=config.batch_size,
-                           num_classes=config.classes, autocast=autocast)
+                           num_classes=config.classes, autocast=autocast, window=config.val_crop,
+                           stride=config.val_stride)
             record.validated = True
             record.val_loss, record.val_miou = val["loss"], val["miou"]
             record.val_miou_present, record.val_pixel_accuracy = val["miou_present"], val["pixel_accuracy"]

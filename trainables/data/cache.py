@@ -58,6 +58,7 @@ class SplitArrays:
     dataset: str
     split: str
     fingerprint: str  # of the source files and preprocessing settings of exactly these samples
+    folder: Path | None = None  # the cache folder the arrays map (their first N rows): what streaming reads
 
 
 class CacheDamaged(Exception):
@@ -224,17 +225,17 @@ def load_cached(
     full_folder = cache_dir / f"{dataset}-{split}-{height}x{width}-{full_key[:16]}"
     if max_samples is None or max_samples >= len(samples):
         images, masks = _open_or_build(full_folder, full_key, samples, settings, progress, workers)
-        return SplitArrays(images, masks, dataset, split, full_key)
+        return SplitArrays(images, masks, dataset, split, full_key, full_folder)
 
     key = fingerprint(records[:max_samples], settings)
     if full_folder.exists():
         opened = _try_open(full_folder, full_key)
         if opened is not None:
             images, masks = opened
-            return SplitArrays(images[:max_samples], masks[:max_samples], dataset, split, key)
+            return SplitArrays(images[:max_samples], masks[:max_samples], dataset, split, key, full_folder)
     folder = cache_dir / f"{dataset}-{split}-{height}x{width}-first{max_samples}-{key[:16]}"
     images, masks = _open_or_build(folder, key, samples[:max_samples], settings, progress, workers)
-    return SplitArrays(images, masks, dataset, split, key)
+    return SplitArrays(images, masks, dataset, split, key, folder)
 
 
 def _open_or_build(folder: Path, key: str, samples, settings, progress, workers) -> tuple[np.ndarray, np.ndarray]:
