@@ -24,20 +24,25 @@ cat_max_ratio: of the 10 drawn offsets the first whose crop (its nearest-resized
 no class above that share of its labelled pixels is taken, else the last; a crop without labelled pixels is
 redrawn too (mmseg: up to 10 redraws after the first draw, the same test with "<" instead of "<=").
 
-Photometric distortion, per image (mmseg's order and ranges, each step with probability 1/2): brightness
-+U(-32, 32); contrast x U(0.5, 1.5) either second or last (probability 1/2 each); saturation x U(0.5, 1.5);
+Photometric distortion, per image, in mmseg's order with its ranges and probabilities (each step 1/2):
+brightness +U(-32, 32); contrast x U(0.5, 1.5), either second or last (1/2 each); saturation x U(0.5, 1.5);
 hue + an integer in [-18, 18] of OpenCV's 180 hue units (2 degrees each). Approximations: it runs in float
-on 0..255 values, clamped after brightness and contrast, with no rounding to uint8 between steps, and
-saturation and hue are computed exactly in HSV instead of through OpenCV's uint8 HSV (no quantisation).
-Pixels are in RGB order (mmseg's in BGR: the same operations).
+on 0..255 values, clamped after each step (saturation and hue as one), without mmseg's rounding to uint8
+between steps; saturation is a
+blend with the grey level (luma 0.299, 0.587, 0.114, as PIL and torchvision do) instead of a scaling of
+HSV's S, and hue a rotation about the grey axis instead of a shift of HSV's H (the same angle); the two are one
+3x3 matrix per image. Why: in eager torch the HSV round trip took 5-10 ms per 512x512 image on this project's
+2-core CPU, the matrix under 1 ms. Pixels are in RGB order (mmseg's in BGR: the same operations).
 
 Two resampling paths: on CPU each image's window is cropped first and resized in uint8 (torch's vectorised
-uint8 bilinear kernel), then processed while it is in cache; elsewhere (CUDA) one grid_sample per batch in
-float. They draw the same numbers and sample the same coordinates; images differ by uint8 rounding only.
+uint8 bilinear kernel), then finished while it is in cache, images spread over the torch threads; elsewhere
+(CUDA) one grid_sample per batch in float. They draw the same numbers and sample the same coordinates; images
+differ by the uint8 kernel's rounding only (at most 1 of 255).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -51,6 +56,7 @@ BRIGHTNESS_DELTA = 32.0
 CONTRAST_RANGE = (0.5, 1.5)
 SATURATION_RANGE = (0.5, 1.5)
 HUE_DELTA = 18  # OpenCV hue units: 180 per turn
+LUMA = (0.299, 0.587, 0.114)  # the grey level of saturation (ITU-R 601, as PIL and torchvision)
 
 
 @dataclass(frozen=True)
@@ -142,11 +148,11 @@ def nearest_index(start: torch.Tensor, size: torch.Tensor, valid: torch.Tensor, 
     """Source index [B, length] of each output row (or column) by nearest centre; padding gets `start`."""
     position = torch.arange(length, device=start.device).view(1, -1)
     valid, size, start = valid.view(-1, 1), size.view(-1, 1), start.view(-1, 1)
+    inside = position < valid
     if flips is not None:
-        position = torch.where(flips.view(-1, 1), valid - 1 - position, position)
-    position = position.clamp(min=0)
+        position = torch.where(flips.view(-1, 1), valid - 1 - position, position).clamp(min=0)
     index = ((2 * position + 1) * size).div(2 * valid, rounding_mode="floor").minimum(size - 1)
-    return start + torch.where(position < valid, index, 0)
+    return start + torch.where(inside, index, 0)
 
 
 def bilinear_coordinates(start: torch.Tensor, size: torch.Tensor, valid: torch.Tensor, length: int,
@@ -226,17 +232,15 @@ def chosen_windows(windows: Windows, tries: torch.Tensor) -> Windows:
 
 # -- photometric distortion ----------------------------------------------------------------------------------
 class Photometric(NamedTuple):
-    """Per image: which steps apply and their parameters (CPU tensors and lists)."""
+    """Per image: which steps apply (rows of the batch) and their parameters (CPU tensors)."""
 
     brightness: list[int]
-    beta: torch.Tensor  # float32 [B]
+    beta: torch.Tensor  # float32 [B]: added
     contrast_first: list[int]
     contrast_last: list[int]
-    alpha: torch.Tensor
-    saturation: list[int]
-    saturation_alpha: torch.Tensor
-    hue: list[int]
-    hue_shift: torch.Tensor  # sectors of 60 degrees (6 per turn)
+    alpha: torch.Tensor  # float32 [B]: multiplied
+    colour: list[int]  # saturation or hue or both
+    matrix: torch.Tensor  # float32 [B, 3, 3]: hue rotation x saturation, the identity where neither applies
 
 
 def photometric_parameters(photo: torch.Tensor) -> Photometric:
@@ -245,77 +249,67 @@ def photometric_parameters(photo: torch.Tensor) -> Photometric:
     applies = (u[:, [0, 3, 5, 7]] < 0.5).tolist()
     contrast_first = (u[:, 2] >= 0.5).tolist()  # mmseg: mode 1 puts the contrast second
     which = [[b for b, a in enumerate(applies) if a[k]] for k in range(4)]
-    hue_units = torch.floor(u[:, 8] * (2 * HUE_DELTA + 1)) - HUE_DELTA
+    saturation = SATURATION_RANGE[0] + u[:, 6] * (SATURATION_RANGE[1] - SATURATION_RANGE[0])
+    saturation = torch.where(u[:, 5] < 0.5, saturation, 1.0)
+    hue_units = torch.where(u[:, 7] < 0.5, torch.floor(u[:, 8] * (2 * HUE_DELTA + 1)) - HUE_DELTA, 0.0)
+    matrix = hue_matrix(hue_units * (torch.pi / 90)) @ saturation_matrix(saturation)
     return Photometric(
         brightness=which[0],
         beta=((u[:, 1] * 2 - 1) * BRIGHTNESS_DELTA).float(),
         contrast_first=[b for b in which[1] if contrast_first[b]],
         contrast_last=[b for b in which[1] if not contrast_first[b]],
         alpha=(CONTRAST_RANGE[0] + u[:, 4] * (CONTRAST_RANGE[1] - CONTRAST_RANGE[0])).float(),
-        saturation=which[2],
-        saturation_alpha=(SATURATION_RANGE[0] + u[:, 6] * (SATURATION_RANGE[1] - SATURATION_RANGE[0])).float(),
-        hue=which[3],
-        hue_shift=(hue_units * 6 / 180).float(),
+        colour=sorted(set(which[2]) | set(which[3])),
+        matrix=matrix.float(),
     )
+
+
+def saturation_matrix(alpha: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3]: each pixel moved from its grey level (luma 0.299, 0.587, 0.114) by alpha (torchvision's and
+    PIL's saturation); alpha 1 is the identity."""
+    luma = torch.tensor(LUMA, dtype=torch.float64)
+    alpha = alpha.to(torch.float64).view(-1, 1, 1)
+    return alpha * torch.eye(3, dtype=torch.float64) + (1 - alpha) * luma.view(1, 1, 3)
+
+
+def hue_matrix(angle: torch.Tensor) -> torch.Tensor:
+    """[B, 3, 3]: rotations by `angle` (radians) about the grey axis, red towards yellow for angle > 0."""
+    cos, sin = torch.cos(angle.to(torch.float64)), torch.sin(angle.to(torch.float64))
+    k, q = (1 - cos) / 3, sin / 3**0.5
+    rows = [[cos + k, k - q, k + q], [k + q, cos + k, k - q], [k - q, k + q, cos + k]]
+    return torch.stack([torch.stack(row, -1) for row in rows], -2)
 
 
 def photometric_(images: torch.Tensor, params: Photometric, offset: int = 0) -> None:
     """Distort float RGB images [B, 3, h, w] with values in 0..255 in place; image b uses params row offset + b."""
     count = images.shape[0]
 
-    def apply(rows: list[int], step, values: torch.Tensor | None = None) -> None:
+    def apply(rows: list[int], step, values: torch.Tensor) -> None:
         rows = [r - offset for r in rows if offset <= r < offset + count]
         if not rows:
             return
-        value = None if values is None else values[[r + offset for r in rows]].to(images.device).view(-1, 1, 1, 1)
+        value = values[[r + offset for r in rows]].to(images.device)
         if len(rows) == count:
-            step(images, value)
-        else:
-            index = torch.tensor(rows, device=images.device)
-            part = images.index_select(0, index)
-            step(part, value)
-            images.index_copy_(0, index, part)
+            images.copy_(step(images, value))
+            return
+        index = torch.tensor(rows, device=images.device)
+        images.index_copy_(0, index, step(images.index_select(0, index), value))
 
-    apply(params.brightness, lambda x, beta: x.add_(beta).clamp_(0, 255), params.beta)
-    apply(params.contrast_first, lambda x, alpha: x.mul_(alpha).clamp_(0, 255), params.alpha)
-    apply(params.saturation, _saturation_, params.saturation_alpha)
-    apply(params.hue, _hue_, params.hue_shift)
-    apply(params.contrast_last, lambda x, alpha: x.mul_(alpha).clamp_(0, 255), params.alpha)
+    def scalar(values: torch.Tensor) -> torch.Tensor:
+        return values.view(-1, 1, 1, 1)
 
-
-def _max_min(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    # Elementwise over the three channel planes: several times faster than a reduction over dim 1.
-    red, green, blue = images.unbind(1)
-    return torch.maximum(torch.maximum(red, green), blue), torch.minimum(torch.minimum(red, green), blue)
+    apply(params.brightness, lambda x, beta: x.add_(scalar(beta)).clamp_(0, 255), params.beta)
+    apply(params.contrast_first, lambda x, alpha: x.mul_(scalar(alpha)).clamp_(0, 255), params.alpha)
+    apply(params.colour, _mix_channels, params.matrix)
+    apply(params.contrast_last, lambda x, alpha: x.mul_(scalar(alpha)).clamp_(0, 255), params.alpha)
 
 
-def _saturation_(images: torch.Tensor, alpha: torch.Tensor) -> None:
-    # In HSV a channel is V (1 - S k(H)): scaling S by alpha (clipped at 1) moves each channel towards or
-    # away from V = max in proportion, min(alpha, 1 / S) times its distance.
-    value, low = _max_min(images)
-    value, low = value.unsqueeze(1), low.unsqueeze(1)
-    ratio = torch.minimum(value / (value - low).clamp_(min=1e-6), alpha)
-    images.sub_(value).mul_(ratio).add_(value)
-
-
-def _hue_(images: torch.Tensor, shift: torch.Tensor) -> None:
-    # HSV hue rotation with V and S kept: the hue in sectors [0, 6), shifted, then the standard
-    # piecewise-linear HSV -> RGB. Selections by arithmetic: torch.where is several times slower on CPU.
-    red, green, blue = images.unbind(1)
-    value, low = _max_min(images)
-    chroma = value - low
-    is_red = (value == red).to(images.dtype)
-    is_green = (value == green).to(images.dtype).mul_(1 - is_red)
-    # red max: (g - b); green max: (b - r) + 2C; blue max: (r - g) + 4C; then / C
-    hue = (red - green).add_(chroma, alpha=4)
-    hue.add_(is_green * ((blue - red).add_(chroma, alpha=2).sub_(hue)))
-    hue.add_(is_red * ((green - blue).sub_(hue)))
-    hue.div_(chroma.clamp(min=1e-6)).add_(shift.view(-1, 1, 1)).remainder_(6)
-    for channel, centre, rising in ((0, 3.0, True), (1, 2.0, False), (2, 4.0, False)):
-        # red: clamp(|h - 3| - 1), green: clamp(2 - |h - 2|), blue: clamp(2 - |h - 4|)
-        level = (hue - centre).abs_()
-        level = level.sub_(1) if rising else level.neg_().add_(2)
-        images[:, channel] = level.clamp_(0, 1).mul_(chroma).add_(low)
+def _mix_channels(images: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    # One small matrix product per image over its pixels (channels-last rows: the layout the batch has).
+    count, _, height, width = images.shape
+    pixels = images.permute(0, 2, 3, 1).reshape(count, height * width, 3)
+    mixed = torch.bmm(pixels, matrix.transpose(1, 2)).clamp_(0, 255)
+    return mixed.view(count, height, width, 3).permute(0, 3, 1, 2)
 
 
 # -- the batch ------------------------------------------------------------------------------------------------
@@ -360,14 +354,17 @@ def _per_image(images, masks, index, windows, flips, photo, crop, resample, mean
     # repeat along contiguous memory (4x faster than broadcasting [3, 1, 1] over channels-last pixels).
     count = windows.start.shape[0]
     out = torch.empty(count, *crop, 3, dtype=torch.float32)  # N,H,W,C memory: channels-last N,C,H,W
-    out_masks = torch.full((count, *crop), IGNORE, dtype=torch.int64)
+    out_masks = torch.empty((count, *crop), dtype=torch.int64)
     rows = nearest_index(windows.start[:, 0], windows.size[:, 0], windows.valid[:, 0], crop[0])
     cols = nearest_index(windows.start[:, 1], windows.size[:, 1], windows.valid[:, 1], crop[1], flips)
-    mean_row, inv_std_row = mean.view(1, 3).repeat(crop[1], 1).view(-1), inv_std.view(1, 3).repeat(crop[1], 1).view(-1)
+    mean_row = mean.view(1, 3).repeat(crop[1], 1).view(-1)
+    inv_std_row = inv_std.view(1, 3).repeat(crop[1], 1).view(-1)
     rows_of = range(count) if index is None else index.tolist()
-    for b, (i, (y, x), (h, w), (vh, vw), flip) in enumerate(zip(rows_of, windows.start.tolist(),
-                                                                 windows.size.tolist(), windows.valid.tolist(),
-                                                                 flips.tolist())):
+    jobs = list(enumerate(zip(rows_of, windows.start.tolist(), windows.size.tolist(), windows.valid.tolist(),
+                              flips.tolist())))
+
+    def one(job) -> None:
+        b, (i, (y, x), (h, w), (vh, vw), flip) = job
         source = images[i, y : y + h, x : x + w]
         if resample and (h, w) != (vh, vw):
             source = source.permute(2, 0, 1).unsqueeze(0).contiguous(memory_format=torch.channels_last)
@@ -383,11 +380,39 @@ def _per_image(images, masks, index, windows, flips, photo, crop, resample, mean
         region.sub_(mean_row[: vw * 3]).mul_(inv_std_row[: vw * 3])
         if vh < crop[0]:
             out[b, vh:].zero_()
+            out_masks[b, vh:].fill_(IGNORE)
         if vw < crop[1]:
             out[b, :vh, vw:].zero_()
+            out_masks[b, :vh, vw:].fill_(IGNORE)
         out_masks[b, :vh, :vw] = masks[i].index_select(0, rows[b, :vh]).index_select(1, cols[b, :vw])
+
+    _each_image(one, jobs)
     out = out.permute(0, 3, 1, 2)
     return (out if channels_last else out.contiguous()), out_masks
+
+
+# Images are independent: with N torch threads, N Python threads each finish whole images with single-threaded
+# operations. Measured on a 2-core machine shared with other work: several times the images/s of the same
+# operations run one image at a time on 2 intra-op threads, whose every operation waits for both threads.
+_POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
+
+
+def _each_image(work, jobs: list) -> None:
+    threads = min(torch.get_num_threads(), len(jobs))
+    if threads <= 1:
+        for job in jobs:
+            work(job)
+        return
+    pool = _POOLS.get(threads)
+    if pool is None:
+        pool = _POOLS[threads] = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="segstudy-augment")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # for these operations only: the caller's setting is restored below
+    try:
+        for done in pool.map(work, jobs):
+            del done
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _batched(images, masks, index, windows, flips, photo, crop, resample, mean, inv_std, channels_last):
