@@ -182,25 +182,22 @@ def choose_tries(masks: torch.Tensor, index: torch.Tensor | None, windows: Windo
     cols_of = [nearest_index(windows.start[:, t, 1], windows.size[:, 1], windows.valid[:, 1], crop[1])
                for t in range(tries)]
     if lazily:
-        chosen = torch.full((count,), tries - 1, dtype=torch.int64)
+        chosen = [tries - 1] * count
         valid = windows.valid.tolist()
-        pending = list(range(count))
-        for t in range(tries):
-            failed = []
-            for b in pending:
-                source = masks[b if index is None else int(index[b])]
-                height, width = valid[b]
+        rows = range(count) if index is None else index.tolist()
+
+        def check(b: int) -> None:
+            source, (height, width) = masks[rows[b]], valid[b]
+            for t in range(tries):
                 crop_mask = source.index_select(0, rows_of[t][b, :height]).index_select(1, cols_of[t][b, :width])
                 counts = torch.bincount(crop_mask.flatten(), minlength=IGNORE + 1)[:IGNORE]
                 total = int(counts.sum())
                 if total and int(counts.max()) <= ratio * total:
                     chosen[b] = t
-                else:
-                    failed.append(b)
-            pending = failed
-            if not pending:
-                break
-        return chosen.to(device)
+                    return
+
+        _each_image(check, list(range(count)))
+        return torch.tensor(chosen, device=device)
     source = masks if index is None else masks.index_select(0, index)
     batch = torch.arange(count, device=device)
     valid = windows.valid.to(device)
