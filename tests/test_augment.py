@@ -21,6 +21,7 @@ from trainables.data.augment import (
     crop_windows,
     draw_epoch,
     hue_matrix,
+    openmp_backend,
     photometric_,
     photometric_parameters,
     saturation_matrix,
@@ -158,6 +159,23 @@ def test_the_cpu_and_the_batched_path_sample_the_same_places(augment):
     assert difference.max() <= 1.01 and difference.mean() < 0.35  # uint8 rounding (a tenth of a pixel off: ~8)
     assert set(per_image[1].unique().tolist()) <= {0, 1, 2, 3, 255}  # nearest: no new labels
     assert per_image[0].is_contiguous(memory_format=torch.channels_last) and batched[0].is_contiguous()
+
+
+def test_images_spread_over_the_torch_threads_as_the_backend_allows():
+    """The adapter to torch's parallel_info text: this project's torch builds use OpenMP (fails on a change)."""
+    assert openmp_backend()
+    images, masks = noise(count=8)
+    draws = draw_epoch(FULL, 8, (30, 40), torch.Generator().manual_seed(2))
+    threads = torch.get_num_threads()
+    try:
+        batches = []
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            batches.append(augment_batch(images, masks, None, draws, FULL, MEAN, INV_STD, batched=False))
+            assert torch.get_num_threads() == count  # the caller's setting is back
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(batches[0][0], batches[1][0]) and torch.equal(batches[0][1], batches[1][1])
 
 
 def test_the_geometry_scales_crops_pads_and_flips():

@@ -43,6 +43,7 @@ differ by the uint8 kernel's rounding only (at most 1 of 255).
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -394,9 +395,16 @@ def _per_image(images, masks, index, windows, flips, photo, crop, resample, mean
 _POOLS: dict[int, concurrent.futures.ThreadPoolExecutor] = {}
 
 
+@functools.cache
+def openmp_backend() -> bool:
+    """Whether torch's intra-op threads are OpenMP's, whose count can change between operations (the native
+    backend's is fixed once work started: there each image runs on the caller's threads instead)."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def _each_image(work, jobs: list) -> None:
     threads = min(torch.get_num_threads(), len(jobs))
-    if threads <= 1:
+    if threads <= 1 or not openmp_backend():
         for job in jobs:
             work(job)
         return
