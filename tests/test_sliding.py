@@ -9,9 +9,10 @@ from trainables.config import TrainConfig
 from trainables.data import load_split, synth_dataset
 from trainables.data.device import DeviceSplit
 from trainables.data.stream import StreamedSplit
-from trainables.engine import default_stride, evaluate, sliding_outputs, window_origins
+from trainables.engine import evaluate
 from trainables.losses import make_loss
 from trainables.models import build_model
+from trainables.sliding import default_stride, sliding_outputs, window_origins
 
 
 def mmseg_origins(size, window, stride):

@@ -32,6 +32,7 @@ from trainables.losses import make_loss
 from trainables.models import build_model
 from trainables.models.transfer import export_encoder_state, trainable_parameters
 from trainables.records import EpochRecord, format_record
+from trainables.sliding import default_stride, sliding_outputs
 from trainables.step import autocast_context, outputs_of, train_step
 
 CHECKPOINT_VERSION = 2
@@ -180,39 +181,6 @@ def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit | Streame
         loss_sum += loss.double() * images.shape[0]
         confusion += metrics.confusion_matrix(outputs["out"].argmax(1), masks, num_classes)
     return {"loss": float(loss_sum) / len(data), **metrics.summarize(confusion)}
-
-
-def default_stride(window: tuple[int, int]) -> tuple[int, int]:
-    """Two thirds of the window (mmseg's 512 -> 341), at least 1."""
-    return tuple(max(1, 2 * side // 3) for side in window)
-
-
-def window_origins(size: tuple[int, int], window: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int]]:
-    """Top-left corners of the sliding windows over an image of `size`, as mmseg's slide inference places them:
-    every `stride`, the last window of a row or column moved back to end at the image's edge."""
-    axes = []
-    for length, side, step in zip(size, window, stride):
-        side = min(side, length)
-        steps = max(length - side + step - 1, 0) // step + 1
-        axes.append([max(min(i * step + side, length) - side, 0) for i in range(steps)])
-    return [(y, x) for y in axes[0] for x in axes[1]]
-
-
-def sliding_outputs(model: nn.Module, images: torch.Tensor, window: tuple[int, int],
-                    stride: tuple[int, int]) -> dict[str, torch.Tensor]:
-    """The model's outputs over whole images from windows: each window's logits (at its size) summed into
-    place, divided by how many windows cover each pixel."""
-    size = tuple(images.shape[-2:])
-    height, width = min(window[0], size[0]), min(window[1], size[1])
-    sums: dict[str, torch.Tensor] = {}
-    covered = torch.zeros(1, 1, *size, device=images.device)
-    for y, x in window_origins(size, window, stride):
-        outputs = outputs_of(model(images[:, :, y : y + height, x : x + width]), (height, width))
-        for key, logits in outputs.items():
-            total = sums.setdefault(key, logits.new_zeros(*logits.shape[:2], *size))
-            total[:, :, y : y + height, x : x + width] += logits
-        covered[:, :, y : y + height, x : x + width] += 1
-    return {key: total / covered for key, total in sums.items()}
 
 
 def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
