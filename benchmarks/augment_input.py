@@ -86,6 +86,15 @@ def torchvision_transform(size: tuple[int, int], crop: tuple[int, int]):
     ])
 
 
+def step_lines(measured: list[dict]) -> str:
+    lines = [f"Training {m['step']['arch']} at {m['crop'][0]}x{m['crop'][1]}: augmented batches "
+             f"{m['step']['images_per_second']['augmented']['median_images_per_second']:,.1f} img/s, batches made "
+             f"beforehand {m['step']['images_per_second']['made beforehand']['median_images_per_second']:,.1f} img/s: "
+             f"the input path is {m['step']['input_share_of_step']:.0%} of the step time (median epochs)."
+             for m in measured if m.get("step")]
+    return " ".join(lines) or "The input's share of a GPU step: to measure (`--device cuda --step-arch segformer_b0`)."
+
+
 def interleaved_rates(pipelines: dict, epochs: int, device) -> dict[str, list[float]]:
     """Images/s of each pipeline's epochs, one warm-up each, then the timed epochs in turn (pipeline after
     pipeline, epoch after epoch), so that load from elsewhere on the machine falls on all of them alike."""
@@ -154,12 +163,51 @@ def measure_size(size, crop, args, device) -> dict:
             f"(torchvision: {args.workers} DataLoader workers; cached: {args.threads} threads)")
         results = {name: summary(rates) for name, rates in interleaved_rates(pipelines, args.epochs, device).items()}
         streamed.close()
+        step = step_share(args.step_arch, arrays, crop, args, device) if args.step_arch else None
     base = results["torchvision"]
     for result in results.values():
         result["speedup_median"] = result["median_images_per_second"] / base["median_images_per_second"]
         result["speedup_best"] = result["best_images_per_second"] / base["best_images_per_second"]
     return {"size": list(size), "crop": list(crop), "cache_build_seconds": build_seconds, "dataset_root": str(root),
-            "pipelines": results}
+            "pipelines": results, "step": step}
+
+
+def step_share(arch: str, arrays, crop, args, device) -> dict:
+    """Training epochs of `arch` on the augmented split against the same steps on batches made beforehand
+    (the split's top-left crops, normalised once): what the input path adds to the step time."""
+    import numpy as np
+    import torch
+
+    from trainables.config import TrainConfig
+    from trainables.data.augment import Augmentation
+    from trainables.data.device import DeviceSplit
+    from trainables.engine import make_optimizer, seed_everything, train_one_epoch
+    from trainables.losses import make_loss
+    from trainables.models import build_model
+    from trainables.models.transfer import trainable_parameters
+    from trainables.step import autocast_context
+
+    config = TrainConfig(arch=arch, image_size=crop, batch_size=args.batch_size, device=str(device))
+    seed_everything(0)
+    model = build_model(config).to(device).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(config, trainable_parameters(model), device)
+    criterion, autocast = make_loss(config), autocast_context(config, device)
+    augmented = DeviceSplit(arrays.images, arrays.masks, device, channels_last=True, normalised=False)
+    made = DeviceSplit(np.ascontiguousarray(arrays.images[:, : crop[0], : crop[1]]),
+                       np.ascontiguousarray(arrays.masks[:, : crop[0], : crop[1]]), device, channels_last=True)
+    augment = Augmentation(hflip=True, scale_range=SCALE, crop_size=crop, photometric=True)
+    generator = torch.Generator().manual_seed(0)
+
+    def epoch(split, with_augment):
+        return lambda: train_one_epoch(model, optimizer, criterion, split, batch_size=args.batch_size,
+                                       num_classes=config.classes, generator=generator,
+                                       augment=augment if with_augment else None, autocast=autocast) and len(split)
+
+    rates = interleaved_rates({"augmented": epoch(augmented, True), "made beforehand": epoch(made, False)},
+                              args.epochs, device)
+    seconds = {name: 1 / statistics.median(r) for name, r in rates.items()}  # per image, median epochs
+    return {"arch": arch, "images_per_second": {name: summary(r) for name, r in rates.items()},
+            "input_share_of_step": 1 - seconds["made beforehand"] / seconds["augmented"]}
 
 
 def main(argv=None) -> int:
@@ -172,6 +220,9 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=5, help="timed epochs after one warm-up epoch")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of the cached path")
+    parser.add_argument("--step-arch", default=None,
+                        help="also train this model (e.g. segformer_b0) on augmented batches and on batches made "
+                             "beforehand: the input's share of the step time (the goal on a GPU: none)")
     args = parser.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -208,6 +259,7 @@ def main(argv=None) -> int:
                "vs torchvision (fastest / median)"], rows),
         f"Goal: cached >= {TARGET_SPEEDUP:.0f}x torchvision at every size ({verdict}: "
         f"{', '.join(f'{s:.1f}x' for s in speedups)}).",
+        step_lines(measured),
         load_note(info),
         "Command: `make bench-augment` (`python benchmarks/augment_input.py`).",
     ])
