@@ -49,12 +49,12 @@ def make_split(count: int, size: int, num_classes: int, device, channels_last: b
 
 def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> dict:
     import torch
-    from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
-    from trainables import cuda_graphs, metrics
+    from trainables import cuda_graphs
     from trainables.config import TrainConfig
     from trainables.engine import make_optimizer, seed_everything, train_one_epoch
+    from trainables.losses import make_loss
     from trainables.models import build_model
     from trainables.models.transfer import trainable_parameters
     from trainables.step import autocast_context
@@ -77,7 +77,7 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
         optimizer = make_optimizer(config, params, device)  # fused on CUDA
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, amsgrad=config.amsgrad, weight_decay=config.weight_decay)
-    criterion = nn.CrossEntropyLoss(ignore_index=metrics.IGNORE_INDEX)
+    criterion = make_loss(config)  # the engine's: it takes the model's outputs as {"out": logits}
     forward_model = torch.compile(model) if config.compile else model
     autocast = autocast_context(config, device)
     step = cuda_graphs.graphed_train_step(config, device, forward_model, optimizer, criterion)
@@ -87,12 +87,12 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
         synchronize(device)
         started = time.perf_counter()
         train_one_epoch(forward_model, optimizer, criterion, split, batch_size=args.batch_size,
-                        num_classes=config.num_classes, generator=generator, augment=None, autocast=autocast,
+                        num_classes=config.classes, generator=generator, augment=None, autocast=autocast,
                         step=step)
         synchronize(device)
         return time.perf_counter() - started
 
-    one_batch = make_split(args.batch_size, args.image_size, config.num_classes, device, config.channels_last, 1)
+    one_batch = make_split(args.batch_size, args.image_size, config.classes, device, config.channels_last, 1)
     flops = None
     if count_flops:
         counter = FlopCounterMode(display=False)
@@ -103,7 +103,7 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
         first_step = run(one_batch)
     for _ in range(max(0, warmup - 1)):
         run(one_batch)
-    timed = make_split(args.batch_size * args.steps, args.image_size, config.num_classes, device,
+    timed = make_split(args.batch_size * args.steps, args.image_size, config.classes, device,
                        config.channels_last, 2)
     seconds = run(timed)
     step_seconds = seconds / args.steps
