@@ -237,6 +237,9 @@ def fit(
     train_data = load_device_split(config, train_split, device, config.max_train_samples, reuse_data,
                                    augmented=augment.transforms_pixels(tuple(config.image_size)))
     val_data = load_device_split(config, val_split, device, config.max_val_samples, reuse_data)
+    for name, data in ((train_split, train_data), (val_split, val_data)):
+        if log and isinstance(data, StreamedSplit):
+            log(f"the {name} split ({len(data)} images) streams from its cache: over the data_memory_mib budget")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(config, trainable_parameters(model), device)
