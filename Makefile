@@ -6,6 +6,7 @@ STAMP := $(VENV)/.segstudy-installed
 STORAGE ?= $(CURDIR)/studies
 
 .PHONY: setup demo test test-fast reference-results bench bench-input bench-step bench-overhead bench-read \
+	bench-augment bench-stream \
 	bench-study-wall gpu-kit gpu-dry-run
 
 setup: $(STAMP)
@@ -56,6 +57,13 @@ bench-overhead: $(STAMP)
 
 bench-read: $(STAMP)
 	$(PY) benchmarks/read_side.py $(ARGS)
+
+# The real-resolution input path: augmentation against torchvision, and memory over growing streamed splits.
+bench-augment: $(STAMP)
+	$(PY) benchmarks/augment_input.py $(ARGS)
+
+bench-stream: $(STAMP)
+	$(PY) benchmarks/stream_memory.py $(ARGS)
 
 # report.yaml at full size: for a GPU machine (not part of `make bench`).
 bench-study-wall: $(STAMP)

@@ -41,6 +41,23 @@ def main() -> int:
                      (f"{data['cached']['images_per_second']:,.0f} vs {data['seed_style']['images_per_second']:,.0f} "
                      f"img/s = **{data['speedup']:.0f}x**"), f">= {data['target_speedup']:.0f}x",
                      "met" if data["target_met"] else "missed"])
+    data = load("augment_input")
+    if data:
+        seen(data)
+        for size, speedup in zip(data["sizes"], data["speedup_median_at_each_size"]):
+            rows.append([(f"augmented input path at {size['size'][0]}x{size['size'][1]} -> {size['crop'][0]}x"
+                          f"{size['crop'][1]} crops: cache + device augmentation vs torchvision v2 + DataLoader"),
+                         data["machine"]["device"], f"**{speedup:.1f}x** (median epochs)",
+                         f">= {data['target_speedup']:.0f}x", "met" if speedup >= data["target_speedup"] else "missed"])
+    data = load("stream_memory")
+    if data:
+        seen(data)
+        counts = ", ".join(f"{r['count']:,}" for r in data["runs"])
+        peaks = ", ".join(f"{r['peak_rss_mib']:,.0f}" for r in data["runs"])
+        rows.append([f"peak RSS of a training process, streamed splits of {counts} pictures at "
+                     f"{data['settings']['size']}x{data['settings']['size']}", "cpu",
+                     f"{peaks} MiB: spread {data['peak_spread']:.1%}", f"within {data['target_spread']:.0%}",
+                     "met" if data["target_met"] else "missed"])
     for name in ("train_step", "train_step_cuda"):
         data = load(name)
         if not data:

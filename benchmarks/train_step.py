@@ -104,7 +104,7 @@ def bench_variant(arch: str, variant: str, args, device, count_flops: bool) -> d
         synchronize(device)
         started = time.perf_counter()
         train_one_epoch(forward_model, optimizer, criterion, split, batch_size=args.batch_size,
-                        num_classes=config.classes, generator=generator, hflip=False, autocast=autocast,
+                        num_classes=config.classes, generator=generator, augment=None, autocast=autocast,
                         step=step)
         synchronize(device)
         return time.perf_counter() - started

@@ -132,9 +132,16 @@ def test_pixel_counts_of_tensor_and_memory_mapped_masks_leave_out_the_ignore_ind
 
 def test_resolve_class_weights_none_auto_and_a_list():
     masks = torch.tensor([[[0, 0, 0, 1], [1, 2, IGNORE, IGNORE]]], dtype=torch.uint8)  # 3, 2 and 1 pixels
-    assert resolve_class_weights(TrainConfig(class_weights="none"), masks) is None
-    assert resolve_class_weights(TrainConfig(class_weights="auto"), masks) == \
+    counted = []
+
+    def counts():
+        counted.append(True)
+        return pixel_counts(masks, 3)
+
+    assert resolve_class_weights(TrainConfig(class_weights="none"), counts) is None
+    assert resolve_class_weights(TrainConfig(class_weights="1,2.5,0"), counts) == [1.0, 2.5, 0.0]
+    assert not counted  # the masks are read for auto only
+    assert resolve_class_weights(TrainConfig(class_weights="auto"), counts) == \
         pytest.approx(class_weights_from_counts([3, 2, 1]))
-    assert resolve_class_weights(TrainConfig(class_weights="1,2.5,0"), masks) == [1.0, 2.5, 0.0]
     with pytest.raises(ConfigError, match="class_weights: 2 weights given for 3 classes"):
-        resolve_class_weights(TrainConfig(class_weights="1,2"), masks)  # pets: 3 classes by its preset
+        resolve_class_weights(TrainConfig(class_weights="1,2"), counts)  # pets: 3 classes by its preset

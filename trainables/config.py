@@ -172,6 +172,10 @@ class TrainConfig:
                                   f"got {list(pair)!r}")
         if self.val_stride is not None and self.val_crop is None:
             raise ConfigError("val_stride: sliding windows need val_crop (their size)")
+        if self.val_stride is not None and (self.val_stride[0] > self.val_crop[0]
+                                            or self.val_stride[1] > self.val_crop[1]):
+            raise ConfigError(f"val_stride: a stride of {list(self.val_stride)} over windows of {list(self.val_crop)} "
+                              f"leaves pixels that no window covers; expected at most val_crop")
         if self.val_crop is not None and (self.val_crop[0] > size[0] or self.val_crop[1] > size[1]):
             raise ConfigError(f"val_crop: windows of {list(self.val_crop)} do not fit the working resolution "
                               f"{list(size)}")

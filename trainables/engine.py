@@ -24,13 +24,16 @@ from trainables import cuda_graphs, metrics
 from trainables.checkpoint import get_rng_state, set_rng_state
 from trainables.config import TrainConfig
 from trainables.data import DataDeclaration, load_split, preset
+from trainables.data.augment import Augmentation
 from trainables.data.device import DeviceSplit
+from trainables.data.stream import StreamedSplit, memory_budget, open_split
 from trainables.errors import ConfigError
-from trainables.losses import make_loss, resolve_class_weights
+from trainables.losses import make_loss, pixel_counts, resolve_class_weights
 from trainables.models import build_model
 from trainables.models.transfer import export_encoder_state
 from trainables.optim import base_lr, make_optimizer, make_scheduler, per_iteration
 from trainables.records import EpochRecord, format_record
+from trainables.sliding import default_stride, sliding_outputs
 from trainables.step import autocast_context, outputs_of, predicted_classes, train_step
 
 CHECKPOINT_VERSION = 2
@@ -117,12 +120,12 @@ def train_one_epoch(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
     criterion: nn.Module,
-    data: DeviceSplit,
+    data: DeviceSplit | StreamedSplit,
     *,
     batch_size: int,
     num_classes: int,
     generator: torch.Generator,
-    hflip: bool,
+    augment: Augmentation | None,
     autocast,
     step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     after_step: Callable[[], object] | None = None,
@@ -135,7 +138,7 @@ def train_one_epoch(
     model.train()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
-    for images, masks in data.batches(batch_size, shuffle=True, generator=generator, hflip=hflip):
+    for images, masks in data.batches(batch_size, shuffle=True, generator=generator, augment=augment):
         if step is None:
             loss, pred = train_step(model, optimizer, criterion, images, masks, autocast)
         else:
@@ -148,14 +151,20 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit, *, batch_size: int, num_classes: int,
-             autocast) -> dict:
+def evaluate(model: nn.Module, criterion: nn.Module, data: DeviceSplit | StreamedSplit, *, batch_size: int,
+             num_classes: int, autocast, window: tuple[int, int] | None = None,
+             stride: tuple[int, int] | None = None) -> dict:
+    """Loss and metrics over the split at its cached resolution: whole images, or sliding windows of `window`
+    (height, width) every `stride` (default two thirds of the window), logits averaged where they overlap."""
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=data.device)
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=data.device)
     for images, masks in data.batches(batch_size):
         with autocast:
-            outputs = outputs_of(model(images), masks.shape[-2:])
+            if window is None:
+                outputs = outputs_of(model(images), masks.shape[-2:])
+            else:
+                outputs = sliding_outputs(model, images, window, stride or default_stride(window))
             loss = criterion(outputs, masks)
         loss_sum += loss.double() * images.shape[0]
         confusion += metrics.confusion_matrix(predicted_classes(outputs["out"]), masks, num_classes)
@@ -168,25 +177,37 @@ def is_validation_epoch(epoch: int, config: TrainConfig) -> bool:
 
 # The splits of the last run in this process, kept when `fit(..., reuse_data=True)`: a worker that Ray
 # reuses for trial after trial on the same data loads and copies it to the device once.
-_LAST_SPLITS: dict[tuple, DeviceSplit] = {}
+_LAST_SPLITS: dict[tuple, DeviceSplit | StreamedSplit] = {}
 
 
 def load_device_split(config: TrainConfig, split: str, device: torch.device, max_samples: int | None,
-                      reuse: bool = False, data: DataDeclaration | None = None) -> DeviceSplit:
-    """The role `split` (train or val) of `data` (None: the preset config.dataset) on the device."""
+                      reuse: bool = False, data: DataDeclaration | None = None,
+                      augmented: bool = False) -> DeviceSplit | StreamedSplit:
+    """The role `split` (train or val) of `data` (None: the preset config.dataset) on the device, or streamed from
+    its cache where it exceeds config.data_memory_mib.
+
+    augmented: its batches are augmented pixel by pixel (from uint8), so a resident split needs no float copy."""
     data = data if data is not None else preset(config.dataset)
     key = (data, config.data_root, split, tuple(config.image_size), config.cache_dir, max_samples,
-           str(device), config.channels_last)
+           str(device), config.channels_last, config.data_memory_mib, augmented)
     if reuse and key in _LAST_SPLITS:
         return _LAST_SPLITS[key]
     arrays = load_split(data, config.data_root, split, config.image_size, config.cache_dir,
                         max_samples=max_samples)
-    data = DeviceSplit(arrays.images, arrays.masks, device, channels_last=config.channels_last)
+    data = open_split(arrays, device, config.channels_last, memory_budget(device, config.data_memory_mib),
+                      normalised=not augmented)
     if reuse:
         if len(_LAST_SPLITS) >= 2:  # a train and a val split: what one run needs
             _LAST_SPLITS.clear()
         _LAST_SPLITS[key] = data
     return data
+
+
+def class_pixel_counts(split: DeviceSplit | StreamedSplit, classes: int) -> list[int]:
+    """Pixels of each class 0..classes-1 of a split, resident or streamed (read by rows, never mapped)."""
+    if isinstance(split, StreamedSplit):
+        return split.mask_counts()[:classes].tolist()
+    return pixel_counts(split.masks, classes)
 
 
 def fit(
@@ -216,11 +237,16 @@ def fit(
     generator = torch.Generator().manual_seed(config.seed)
 
     model = build_model(config, weights).to(device)  # first: missing weights fail before any data work
-    train_data = load_device_split(config, "train", device, config.max_train_samples, reuse_data, data)
+    augment = Augmentation.of(config)
+    train_data = load_device_split(config, "train", device, config.max_train_samples, reuse_data, data,
+                                   augmented=augment.transforms_pixels(tuple(config.image_size)))
     val_data = load_device_split(config, "val", device, config.max_val_samples, reuse_data, data)
+    for role, split in (("train", train_data), ("val", val_data)):
+        if log and isinstance(split, StreamedSplit):
+            log(f"the {role} split ({len(split)} images) streams from its cache: over the data_memory_mib budget")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    class_weights = resolve_class_weights(config, train_data.masks)
+    class_weights = resolve_class_weights(config, lambda: class_pixel_counts(train_data, config.classes))
     optimizer = make_optimizer(config, model, device)
     scheduler = make_scheduler(config, optimizer, math.ceil(len(train_data) / config.batch_size))
     step_schedule = scheduler.step if per_iteration(config) else None
@@ -259,7 +285,7 @@ def fit(
         train = train_one_epoch(
             forward_model, optimizer, criterion, train_data,
             batch_size=config.batch_size, num_classes=config.classes,
-            generator=generator, hflip=config.hflip, autocast=autocast, step=step, after_step=step_schedule,
+            generator=generator, augment=augment, autocast=autocast, step=step, after_step=step_schedule,
         )
         train_seconds = time.perf_counter() - started
         if step_schedule is None:
@@ -271,7 +297,8 @@ def fit(
         )
         if not record.diverged and is_validation_epoch(epoch, config):
             val = evaluate(forward_model, criterion, val_data, batch_size=config.batch_size,
-                           num_classes=config.classes, autocast=autocast)
+                           num_classes=config.classes, autocast=autocast, window=config.val_crop,
+                           stride=config.val_stride)
             record.validated = True
             record.val_loss, record.val_miou = val["loss"], val["miou"]
             record.val_miou_present, record.val_pixel_accuracy = val["miou_present"], val["pixel_accuracy"]

@@ -157,12 +157,13 @@ def pixel_counts(masks, classes: int, chunk: int = 64) -> list[int]:
     return total[:classes].tolist()
 
 
-def resolve_class_weights(config, train_masks) -> list[float] | None:
-    """The class weights of a run: None (class_weights none), the listed ones, or auto's from the masks."""
+def resolve_class_weights(config, train_counts) -> list[float] | None:
+    """The class weights of a run: None (class_weights none), the listed ones, or auto's from the training
+    split's pixels; `train_counts()` counts them (called only for auto: reading every mask costs time)."""
     if config.class_weights == "none":
         return None
     if config.class_weights == "auto":
-        return class_weights_from_counts(pixel_counts(train_masks, config.classes))
+        return class_weights_from_counts(train_counts())
     weights = list(class_weight_values(config.class_weights))
     if len(weights) != config.classes:
         raise ConfigError(f"class_weights: {len(weights)} weights given for {config.classes} classes")

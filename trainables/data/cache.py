@@ -59,6 +59,7 @@ class SplitArrays:
     split: str
     fingerprint: str  # of the source files and preprocessing settings of exactly these samples
     pixels: tuple[int, ...] | None = None  # count of each mask value 0-255 (from meta.json); None: not counted
+    folder: Path | None = None  # the cache folder the arrays map (their first N rows): what streaming reads
 
 
 class DatasetProblems(DatasetError):
@@ -280,7 +281,8 @@ def load_cached(dataset: str, split: str, root: Path, samples: list[Sample], siz
         opened = _try_open(full.folder, full.key)
         if opened is not None:
             images, masks, _ = opened
-            return SplitArrays(images[:max_samples], masks[:max_samples], dataset, split, wanted.key)
+            return SplitArrays(images[:max_samples], masks[:max_samples], dataset, split, wanted.key,
+                               folder=full.folder)
     opened = _try_open(wanted.folder, wanted.key) if wanted.folder.exists() else None
     if opened is None:
         commit(build(wanted, progress, workers), wanted.folder)
@@ -289,7 +291,7 @@ def load_cached(dataset: str, split: str, root: Path, samples: list[Sample], siz
         except CacheDamaged as error:  # only if someone damaged it within this instant
             raise DatasetError(f"the cache {wanted.folder} was damaged right after it was built: {error}") from error
     images, masks, meta = opened
-    return SplitArrays(images, masks, dataset, split, wanted.key, tuple(meta["pixels"]))
+    return SplitArrays(images, masks, dataset, split, wanted.key, tuple(meta["pixels"]), wanted.folder)
 
 
 def cached_meta(planned: Planned) -> dict | None:
