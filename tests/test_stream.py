@@ -54,6 +54,17 @@ def test_streaming_reads_the_first_rows_of_a_larger_cache(pets_root, tmp_path):
     assert images.shape[0] == 10 and torch.equal(images, resident[0]) and torch.equal(masks, resident[1])
 
 
+def test_a_streamed_split_counts_its_pixels_as_a_resident_one(pets_root, tmp_path):
+    from trainables.engine import class_pixel_counts
+
+    arrays = load_split("pets", pets_root, "trainval", (32, 32), tmp_path / "cache", progress=False)
+    resident = DeviceSplit(arrays.images, arrays.masks, torch.device("cpu"))
+    streamed = StreamedSplit(arrays, torch.device("cpu"))
+    expected = np.bincount(np.asarray(arrays.masks).reshape(-1), minlength=256)
+    assert streamed.mask_counts(chunk=5).tolist() == expected.tolist()
+    assert class_pixel_counts(streamed, 3) == class_pixel_counts(resident, 3) == expected[:3].tolist()
+
+
 def resident_kib() -> int:
     """The process's resident memory after returning freed heap memory to the system (so that what is
     counted is what is alive, not what the allocator keeps at hand)."""
