@@ -78,6 +78,27 @@ def main() -> int:
         for arch, goal in {"fcn_resnet50": 15_000, "segformer_b0": 30_000}.items():
             rows.append([f"train step {LABELS[arch]}, fast, batch 64", TARGET_GPU, GPU_PENDING,
                          f">= {goal:,} img/s", ""])
+    data = load("train_step_archs")
+    if data:
+        seen(data)
+        for r in data["results"]:
+            speed, contiguous = r["segstudy speed-up"]["cpu_median"], r["segstudy contiguous speed-up"]["cpu_median"]
+            rows.append([f"train step {r['arch']}: segstudy's vs plain torchvision's (batch "
+                         f"{data['settings']['batch_size']}, {data['settings']['image_size']}x"
+                         f"{data['settings']['image_size']})", data["machine"].get("device", "cpu"),
+                         f"**{speed:.2f}x** (contiguous {contiguous:.2f}x), CPU time, median",
+                         f">= {data['goal_speed_up']:.1f}x", "met" if speed >= data["goal_speed_up"] else "missed"])
+    data = load("data_check")
+    if data:
+        seen(data)
+        sizes = [r["images"] for r in data["results"]]
+        largest = max(data["results"], key=lambda r: r["images"])
+        fits = data["fits"]
+        rows.append([f"`study data check`, {min(sizes):,} to {max(sizes):,} images at "
+                     f"{data['settings']['image_size']}x{data['settings']['image_size']}", "cpu",
+                     (f"{largest['cold_median']:.1f} s first check, {largest['warm_median']:.2f} s rerun at "
+                      f"{largest['images']:,}; linear: {1000 * fits['cold']['seconds_per_image']:.2f} ms/image "
+                      f"(R² {fits['cold']['r2']:.3f})"), "linear", "met" if fits["cold"]["r2"] >= 0.99 else "missed"])
     data = load("gpu_smoke")
     if data and not data.get("dry_run"):
         seen(data)
