@@ -100,3 +100,21 @@ def test_what_cannot_work_is_one_config_error(pets, tmp_path):
     torch.save({"weight": torch.zeros(1)}, tmp_path / "weights.pt")
     with pytest.raises(ConfigError, match="pretrain: the model of tests.factory_models:without_encoder has no"):
         build_model(plain.replace(pretrain=str(tmp_path / "weights.pt"), freeze="encoder"))
+
+
+@pytest.mark.parametrize("arch, kwargs, expected", [
+    ("os:system", {"command": "touch {marker}"}, "names a module of Python's standard library"),
+    ("subprocess:run", {"args": "touch {marker}", "shell": True}, "names a module of Python's standard library"),
+    ("torch:save", {"obj": 1, "f": "{marker}"}, "is not a model factory"),
+    ("tests.factory_models:TinyNet", {"width": 2}, "is not a model factory"),
+])
+def test_an_arch_from_a_study_folder_runs_nothing_but_a_model_factory(tmp_path, arch, kwargs, expected):
+    """An arch and its model_kwargs are read back from study folders (report, predict): only a Python function
+    outside the standard library with a num_classes parameter is ever called."""
+    import json
+
+    marker = tmp_path / "ran"
+    settings = json.dumps({k: v.format(marker=marker) if isinstance(v, str) else v for k, v in kwargs.items()})
+    with pytest.raises(ConfigError, match=expected):
+        build_model(TrainConfig(arch=arch, num_classes=3, model_kwargs=settings))
+    assert not marker.exists()

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import inspect
 import re
+import sys
 
 from trainables.errors import ConfigError
 from trainables.models import ModelFamily
@@ -38,8 +39,14 @@ FAMILY = ModelFamily(
 
 
 def factory(arch: str):
-    """The user's function `arch` names; a ConfigError naming what cannot be imported."""
+    """The user's function `arch` names; a ConfigError naming what cannot be imported.
+
+    An arch is read back from study folders (by report, predict, export-model), which may come from anyone:
+    so it must name a Python function outside the standard library that takes a `num_classes` parameter, a
+    model factory's signature. `os:system` or `subprocess:run` never run, whatever a study folder says."""
     module_name, _, function_name = arch.partition(":")
+    if module_name.split(".")[0] in sys.stdlib_module_names:
+        raise ConfigError(f"arch: {arch!r} names a module of Python's standard library, not a model factory")
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # a user's module can fail to import in any way
@@ -49,6 +56,9 @@ def factory(arch: str):
     function = getattr(module, function_name, None)
     if not callable(function):
         raise ConfigError(f"arch: the module {module_name!r} has no function {function_name!r}")
+    if not inspect.isfunction(function) or "num_classes" not in inspect.signature(function).parameters:
+        raise ConfigError(f"arch: {arch!r} is not a model factory: expected a Python function with a num_classes "
+                          f"parameter, build(num_classes=K, **model_kwargs)")
     return function
 
 
