@@ -107,6 +107,30 @@ def test_a_function_tune_stores_may_be_named_but_not_called(tmp_path):
         check_pickle(pickle.dumps(Calls(_upload_to_fs_path, arguments)), "state")
 
 
+def test_a_searcher_state_cut_short_by_a_kill_is_removed_and_a_planted_one_refused(stage_copy, tmp_path):
+    """A driver killed while Tune synced its searcher state leaves an empty or partial file; Tune restores
+    without one (the study's record of the search is decisions.json). A planted one is still refused."""
+    import pickle
+
+    from study.errors import StudyError
+    from study.tune.pickle_guard import check_stage_folder
+
+    folder = Path(stage_copy.path("t", "main"))
+    (folder / "search_gen_state-2026-12-07_21-10-18.json").write_bytes(b"")
+    (folder / "searcher-state-2026-12-07_21-10-18.pkl").write_bytes(pickle.dumps({"name": "main"})[:-3])
+    notes = check_stage_folder(stage_copy, "t", "main")
+    assert len(notes) == 2 and all("was cut short" in note for note in notes)
+    assert not list(folder.glob("search*_state-*"))
+    marker = tmp_path / "ran"
+    planted = pickle.dumps(Planted(marker))
+    (folder / "search_gen_state-2026-12-07_21-10-18.json").write_bytes(planted)
+    with pytest.raises(StudyError, match="will not load"):
+        check_stage_folder(stage_copy, "t", "main")
+    (folder / "search_gen_state-2026-12-07_21-10-18.json").write_bytes(planted[:-2])  # cut short: removed unread
+    assert len(check_stage_folder(stage_copy, "t", "main")) == 1
+    assert not marker.exists()
+
+
 def test_a_trials_pickled_error_is_removed_before_a_restore(stage_copy, tmp_path):
     import pickle
 

@@ -67,6 +67,9 @@ HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles insid
 STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")
 # A pickle despite its name: Tune's search generator state (the searcher's sample count, its concurrency limiter).
 SEARCH_GENERATOR_FILE = re.compile(r"search_gen_state-.*\.json\Z")
+# Tune's state of the searcher: optional on a restore (Tune starts the search generator afresh without it), and
+# redundant with the study's own record of the search (decisions.json).
+SEARCHER_STATE = re.compile(r"(search_gen_state-.*\.json|searcher-state-.*\.pkl)\Z")
 
 
 class _Nothing:
@@ -140,20 +143,45 @@ def tuner_names(storage, name: str, stage: str) -> set[str]:
 ERROR_PICKLE = "error.pkl"
 
 
-def check_stage_folder(storage, name: str, stage: str) -> None:
+def check_stage_folder(storage, name: str, stage: str) -> list[str]:
     """Every pickle Tune's restore of this stage would load: the folder's .pkl files and the experiment state.
+    Returns what was mended.
 
-    The trials' error.pkl files are removed (see the module's docstring).
+    The trials' error.pkl files are removed (see the module's docstring). A searcher state cut short (a driver
+    killed while Tune synced it to the storage leaves an empty or partial file) is removed too, and said so:
+    Tune restores without it, and the study's record of the search is decisions.json.
     """
+    mended = []
     for trial in storage.list_dirs(name, stage):
         if storage.exists(name, stage, trial, ERROR_PICKLE):
             storage.delete(name, stage, trial, ERROR_PICKLE)
     for file in storage.list_files(name, stage):
         where = storage.uri(name, stage, file)
         if file.endswith(".pkl") or SEARCH_GENERATOR_FILE.match(file):
-            check_pickle(storage.read_bytes(name, stage, file), where)
+            data = storage.read_bytes(name, stage, file)
+            if SEARCHER_STATE.match(file) and _cut_short(data):
+                storage.delete(name, stage, file)
+                mended.append(f"{where} was cut short (a driver killed while Tune saved it); removed: the search "
+                              f"continues from the study's record of it")
+                continue
+            check_pickle(data, where)
         elif STATE_FILE.match(file):
             _check_experiment_state(storage.read_text(name, stage, file), where)
+    return mended
+
+
+def _cut_short(data: bytes) -> bool:
+    """A pickle that ends before its STOP: what a copy cut off by a kill leaves (never loaded, only read as
+    opcodes by the checker, which refuses a global outside ALLOWED before it reaches the end)."""
+    try:
+        _Checker(io.BytesIO(data)).load()
+    except EOFError:
+        return True
+    except pickle.UnpicklingError as error:
+        return "truncated" in str(error) or "ran out of input" in str(error).lower()
+    except Exception:  # noqa: BLE001 - anything else is for check_pickle to refuse, with its message
+        return False
+    return False
 
 
 def _check_experiment_state(text: str, where: str) -> None:

@@ -188,7 +188,8 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     experiment, filesystem = tune_location(storage, name, stage)
     restoring = not fresh and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem)
     if restoring:
-        check_stage_folder(storage, name, stage)  # Tune unpickles its saved state: nothing unexpected in it
+        for note in check_stage_folder(storage, name, stage):  # Tune unpickles its saved state: nothing unexpected
+            say(f"note: {note}")
     # A stage begun by a segstudy that kept no ledger restores with the searcher and scheduler it began with.
     legacy = restoring and f"{StudyScheduler.__module__}.{StudyScheduler.__name__}" not in \
         tuner_names(storage, name, stage)
