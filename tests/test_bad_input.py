@@ -87,6 +87,9 @@ def test_missing_dataset_root_shows_the_expected_layout(capsys, tmp_path):
     assert f"the folder {tmp_path / 'nowhere'} does not exist; expected this layout:" in err
     assert "leftImg8bit/{split}/{city}/{city}_{seq}_{frame}_leftImg8bit.png" in err
     assert "gtFine/{split}/{city}/{city}_{seq}_{frame}_gtFine_labelIds.png" in err
+    (tmp_path / "a-file").write_text("")
+    err = check(capsys, "voc", tmp_path / "a-file")
+    assert f"{tmp_path / 'a-file'} is a file, not a folder; expected this layout:" in err
 
 
 def test_wrong_pets_layout_names_the_missing_folder(capsys, pristine, tmp_path):

@@ -15,3 +15,13 @@ class DatasetError(TrainablesError):
 
 class WeightsError(TrainablesError):
     """Pretrained weights are missing or do not fit the model."""
+
+
+def missing_folder(path) -> str:
+    """Why `path` is not a usable folder, for a DatasetError: it is a file, or it is not there."""
+    from pathlib import Path
+
+    path = Path(path)
+    if path.exists():
+        return f"{path} is a file, not a folder"
+    return f"the folder {path} does not exist"

@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 from trainables.data.declaration import DataDeclaration
 from trainables.data.labels import LabelReader, Sample
 from trainables.data.presets import LAYOUTS, READY_MASK_SUFFIX
-from trainables.errors import ConfigError, DatasetError
+from trainables.errors import ConfigError, DatasetError, missing_folder
 
 
 def list_split(declaration: DataDeclaration, root: str | Path, role: str) -> tuple[list[Sample], list[str]]:
@@ -34,7 +34,7 @@ def list_split(declaration: DataDeclaration, root: str | Path, role: str) -> tup
 
         return list_rows(declaration, root, role)
     if not root.is_dir():
-        raise DatasetError(f"{declaration.format} dataset at {root}: the folder {root} does not exist; expected this "
+        raise DatasetError(f"{declaration.format} dataset at {root}: {missing_folder(root)}; expected this "
                            f"layout:\n{layout_text(declaration)}")
     spec = declaration.splits.get(role)
     carved = declaration.splits.get("val", {}).get("fraction") if role == "train" else None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from trainables.data.declaration import DataDeclaration
 from trainables.data.labels import LabelReader, Sample
-from trainables.errors import DatasetError
+from trainables.errors import DatasetError, missing_folder
 
 KEPT_GROUPS = 4  # row groups each decoding thread keeps
 
@@ -27,7 +27,7 @@ def list_rows(declaration: DataDeclaration, root: Path, role: str) -> tuple[list
 
     pattern = declaration.files[role]
     if not root.is_dir():
-        raise DatasetError(f"parquet dataset at {root}: the folder {root} does not exist")
+        raise DatasetError(f"parquet dataset at {root}: {missing_folder(root)}")
     shards = sorted(path for path in glob.glob(str(root / pattern), recursive=True) if Path(path).is_file())
     if not shards:
         raise DatasetError(f"parquet dataset at {root}: no file matches files.{role} = {pattern!r} under {root}")
