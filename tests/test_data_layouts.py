@@ -273,6 +273,11 @@ def test_a_parquet_cell_without_bytes_and_a_missing_column(generated, tmp_path):
     with pytest.raises(DatasetError, match=f"{shard}, row 1: the 'label' cell holds no encoded image bytes "
                                            f".path 'lost.png'."):
         check_dataset(declaration, root, SIZE, progress=False)
+    labels[1] = {"bytes": b"not a png", "path": "damaged.png"}
+    pq.write_table(table.set_column(1, "label", [labels]), shard)
+    with pytest.raises(DatasetError, match=f"cannot read label image {shard}, row 1 .label.: not an image file Pillow "
+                                           "can read .truncated, damaged or another format.$"):
+        check_dataset(declaration, root, SIZE, progress=False)
     renamed = declare("parquet", {**_parquet_mapping(), "label_column": "mask"}, root)[0]
     with pytest.raises(DatasetError, match="no column 'mask' .label_column.; its columns: .'image', 'label'."):
         check_dataset(renamed, root, SIZE, progress=False)

@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from trainables.data.declaration import MAX_VALUE
-from trainables.data.labels import Sample, open_label_image, sample_name
+from trainables.data.labels import Sample, open_label_image, sample_name, unreadable
 from trainables.errors import DatasetError
 
 CODE_VERSION = 2  # bump when decoding or resizing changes: every cache key changes with it
@@ -97,7 +97,7 @@ def open_rgb(path, name: str | None = None) -> Image.Image:
                 image = Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))
             return image.convert("RGB")
     except Exception as error:
-        raise DatasetError(f"cannot read image {name or path}: {error}") from error
+        raise DatasetError(f"cannot read image {name or path}: {unreadable(error)}") from error
 
 
 def decode_sample(sample: Sample, size: tuple[int, int]):

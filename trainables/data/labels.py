@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from trainables.data.declaration import MAX_VALUE, DataDeclaration
 from trainables.errors import DatasetError
@@ -162,6 +162,13 @@ def label_semantics(declaration: DataDeclaration, ready: bool = False) -> dict:
     return semantics
 
 
+def unreadable(error: Exception) -> str:
+    """Why PIL could not read a file, without PIL's repr of an in-memory file (Parquet rows have no path)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image file Pillow can read (truncated, damaged or another format)"
+    return str(error)
+
+
 def open_label_image(source, name: str | None = None) -> Image.Image:
     """A mask image, loaded (a path, or a file object named `name` in messages)."""
     try:
@@ -169,7 +176,7 @@ def open_label_image(source, name: str | None = None) -> Image.Image:
             label.load()
         return label
     except Exception as error:
-        raise DatasetError(f"cannot read label image {name or source}: {error}") from error
+        raise DatasetError(f"cannot read label image {name or source}: {unreadable(error)}") from error
 
 
 def value_warnings(declaration: DataDeclaration, role: str, raw_values: list[int]) -> list[str]:
