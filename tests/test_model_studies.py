@@ -141,6 +141,13 @@ def test_missing_weights_and_a_broken_factory_are_named_before_ray_starts(tmp_pa
     assert main(["run", str(spec), "--storage", str(storage)]) == 2
     err = capsys.readouterr().err
     assert "the model factory tests.factory_models:one_class_too_many gives (1, 4, " in err
+    foreign = tmp_path / "foreign.pth"  # a state dict, but of no model of this arch: named once, before Ray starts
+    torch.save({"conv.weight": torch.zeros(2, 3, 1, 1)}, foreign)
+    spec = write_study(tmp_path, pets, {}, configurations=[
+        {"name": "c", "arch": "lraspp_mobilenet_v3_large", "pretrain": str(foreign)}])
+    assert main(["run", str(spec), "--storage", str(storage)]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"{foreign}" in errors[0] and "conv.weight" in errors[0], errors
     assert not Storage(storage).is_study("archs")
 
 

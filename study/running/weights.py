@@ -4,7 +4,8 @@ Before Ray starts, every weights file a planned trial will read is found on the 
 FAMILY.locate for `pretrain: imagenet | coco`, the path itself for `pretrain: FILE`) and copied, once,
 into `<storage>/_artifacts/weights/<sha256[:16]>/<file name>`: every node's trials then read the same
 bytes, also on a cluster whose nodes have no such file. A file that is missing is named before Ray
-starts, with where it was expected. Trials find their copy through `weights_key` (trainables/trial.py).
+starts, with where it was expected; one that does not fit the model (not a state dict, a key or shape that
+differs) is named there too: the model is built once on the driver with it. Trials find their copy through `weights_key` (trainables/trial.py).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def weights_artifacts(plan: Plan, storage: Storage, say) -> dict[str, str]:
         if key in copies:
             continue
         path = local_weights_file(settings)
+        check_weights_fit(settings, path)
         if path not in digests:
             digests[path] = _sha256(path)
         folder = (ARTIFACTS, "weights", digests[path][:16])
@@ -58,6 +60,20 @@ def local_weights_file(settings: dict) -> str:
         raise StudyError(f"pretrain: no weights file at {pretrain!r} (on the machine that runs `study run`: it is "
                          f"copied into the study's storage from there)")
     return path
+
+
+def check_weights_fit(settings: dict, path: str) -> None:
+    """Build the model of `settings` on the CPU with its weights read from `path`, as its trials will: a file that
+    is no state dict, or whose keys or shapes do not fit, is named here, once, instead of in every trial's retries."""
+    import importlib
+
+    from trainables.config import TrainConfig
+
+    config = TrainConfig.from_dict({**settings, "device": "cpu"})
+    try:
+        importlib.import_module(family_of(config.arch).module).build(config, weights=path)
+    except TrainablesError as error:
+        raise StudyError(str(error)) from None
 
 
 def _sha256(path: str) -> str:
