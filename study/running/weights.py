@@ -5,7 +5,8 @@ FAMILY.locate for `pretrain: imagenet | coco`, the path itself for `pretrain: FI
 into `<storage>/_artifacts/weights/<sha256[:16]>/<file name>`: every node's trials then read the same
 bytes, also on a cluster whose nodes have no such file. A file that is missing is named before Ray
 starts, with where it was expected; one that does not fit the model (not a state dict, a key or shape that
-differs) is named there too: the model is built once on the driver with it. Trials find their copy through `weights_key` (trainables/trial.py).
+differs) is named there too: the model is built once on the driver with it. Trials find their copy
+through `weights_key` (trainables/trial.py).
 """
 
 from __future__ import annotations
