@@ -92,7 +92,13 @@ def test_check_counts_exactly_the_pixels_the_generator_drew(layout, generated):
     declaration = declared(layout, root)
     report = check_dataset(declaration, root, SIZE, name=layout, progress=False)
     drawn = synth_pixels(layout, TRAIN, VAL, seed=2, image_size=SIZE)
-    assert report["dataset"] == layout and report["image_size"] == list(SIZE) and report["warnings"] == []
+    assert report["dataset"] == layout and report["image_size"] == list(SIZE)
+    # the only warnings: the classes the generator happened to draw no pixel of in a split (tiny images)
+    absent = {role: [k for k in range(declaration.num_classes) if not drawn[role][k]] for role in ("train", "val")}
+    assert len(report["warnings"]) == sum(map(bool, absent.values()))
+    for warning, (role, classes) in zip(report["warnings"], [item for item in absent.items() if item[1]]):
+        named = ", ".join(f"{k} ({declaration.class_names[k]})" for k in classes[:10])
+        assert warning.startswith(f"the {role} masks hold no pixel of class {named}"), warning
     for role, samples in (("train", TRAIN), ("val", VAL)):
         assert report["splits"][role] == {"samples": samples,
                                           "pixels": expected_pixels(drawn[role], declaration.num_classes)}
@@ -322,6 +328,23 @@ def test_0_1_masks_with_reduce_zero_label_or_more_classes_are_warned_about(tmp_p
     more = declare("roads", {**mapping, "classes": ["background", "road", "car"]}, tmp_path)[0]
     assert "but 3 classes are declared; classes [2] never appear" in check_dataset(
         more, tmp_path / "roads", 16, progress=False)["warnings"][0]
+
+
+def test_a_class_no_mask_holds_and_a_label_map_for_other_masks_are_warned_about(tmp_path):
+    mapping = {"format": "folder", "classes": ["background", "road", "car", "sign"],
+               "splits": {"train": {"subdir": "train"}, "val": {"subdir": "val"}}}
+    declaration = declare("roads", mapping, tmp_path)[0]
+    synth_declared(declaration, tmp_path / "roads", train=3, val=2, seed=0, image_size=16)
+    assert check_dataset(declaration, tmp_path / "roads", 16, progress=False)["warnings"] == []
+    for mask in (tmp_path / "roads" / "masks" / "val").rglob("*.png"):  # no sign left in val
+        values = np.asarray(Image.open(mask))
+        Image.fromarray(np.where(values == 3, 0, values).astype(np.uint8)).save(mask)
+    mapped = declare("roads", {**mapping, "label_map": {7: 1, 2: 2}}, tmp_path)[0]
+    assert check_dataset(mapped, tmp_path / "roads", 16, progress=False)["warnings"] == [
+        "the val masks hold no pixel of class 3 (sign): val_miou counts each as IoU 0 (val_miou_present leaves out "
+        "those never predicted)",
+        "label_map: no mask holds the value(s) 7; the masks hold 0, 1, 2, 3, 255: check that the map was written "
+        "for these masks"]
 
 
 def test_an_image_in_both_splits_is_warned_about(tmp_path):

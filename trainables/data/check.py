@@ -15,7 +15,7 @@ from pathlib import Path
 
 from trainables.data import ROLES, DataDeclaration, as_size, cache_label, resolve
 from trainables.data.cache import DatasetProblems, build, cached_meta, commit, default_cache_dir, plan_cache
-from trainables.data.labels import value_warnings
+from trainables.data.labels import unmatched_label_map, value_warnings
 from trainables.data.layouts import list_split
 
 
@@ -65,10 +65,27 @@ def check_dataset(declaration: DataDeclaration | str, root: str | Path, image_si
         if counts[255]:
             pixels["255"] = int(counts[255])
         report["splits"][role] = {"samples": int(meta["count"]), "pixels": pixels}
-        if meta.get("raw_values") is not None:
-            report["warnings"] += value_warnings(declaration, role, meta["raw_values"])
+        traps = value_warnings(declaration, role, meta["raw_values"]) if meta.get("raw_values") is not None else []
+        # a binary-mask trap already says which classes are missing, and why
+        report["warnings"] += traps or absent_classes(declaration, role, pixels)
+    if all(meta.get("raw_values") is not None for meta in metas.values()):
+        held = [value for meta in metas.values() for value in meta["raw_values"]]
+        report["warnings"] += unmatched_label_map(declaration, held)
     report["warnings"] += _shared_images(listed)
     return report
+
+
+def absent_classes(declaration: DataDeclaration, role: str, pixels: dict[str, int]) -> list[str]:
+    """A warning naming the declared classes a split holds no pixel of: never learnt from train; in val, each
+    counts as IoU 0 in val_miou (the seed protocol's rule, trainables/metrics.py)."""
+    names = declaration.class_names
+    absent = [f"{k} ({names[k]})" for k in range(declaration.num_classes) if not pixels[str(k)]]
+    if not absent:
+        return []
+    shown = ", ".join(absent[:10]) + (f" and {len(absent) - 10} more" if len(absent) > 10 else "")
+    effect = (f"the model never learns {'it' if len(absent) == 1 else 'them'}" if role == "train" else
+              "val_miou counts each as IoU 0 (val_miou_present leaves out those never predicted)")
+    return [f"the {role} masks hold no pixel of class {shown}: {effect}"]
 
 
 def _shared_images(listed: dict) -> list[str]:

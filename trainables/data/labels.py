@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from trainables.data.declaration import MAX_VALUE, DataDeclaration
+from trainables.data.presets import PRESETS
 from trainables.errors import DatasetError
 
 IGNORED = 255  # what the cache stores for an ignored pixel
@@ -207,6 +208,21 @@ def value_warnings(declaration: DataDeclaration, role: str, raw_values: list[int
                 f"{sorted(set(range(d.num_classes)) - set(read.values()))[:10]} never appear; if the masks are "
                 f"binary, declare two classes"]
     return []
+
+
+def unmatched_label_map(declaration: DataDeclaration, raw_values: list[int]) -> list[str]:
+    """A warning when a label_map key the user wrote is a value no mask of any split holds: the map was likely
+    written for other masks (e.g. {255: 1} for masks that hold 0/1), and the values it should have caught are
+    read as is. A preset's own map (Cityscapes' label ids) is a table of every id, not a guess: never warned."""
+    preset = PRESETS.get(declaration.format, {}).get("label_map", {})
+    written = {key for key, value in declaration.label_map.items() if preset.get(key) != value}
+    unmatched = sorted(written - set(raw_values))
+    if not unmatched:
+        return []
+    held = sorted(set(raw_values))
+    shown = ", ".join(map(str, held[:SHOWN_VALUES])) + (", ..." if len(held) > SHOWN_VALUES else "")
+    return [f"label_map: no mask holds the value(s) {', '.join(map(str, unmatched))}; the masks hold {shown}: "
+            f"check that the map was written for these masks"]
 
 
 def _code(colour) -> int:
