@@ -141,6 +141,34 @@ def test_a_search_killed_three_times_proposes_trains_and_stops_as_the_uninterrup
 
 
 @pytest.mark.slow
+def test_a_stopped_trial_whose_record_a_kill_destroyed_is_trained_again_as_decided(tmp_path, uninterrupted_search):
+    """The driver dies right after ASHA stops a trial, and the trial's record with it (no result.json, its
+    checkpoint cut short): the ledger holds the decision, so the searcher is told as it would have been, and the
+    trial is trained again under its key, up to the epoch it was stopped at."""
+    name = "exact_search"
+    reference = sequence(uninterrupted_search, name)
+    stopped = [row[0] for row in reference if row[-2] == "early_stopped"]
+    victim = stopped[len(stopped) // 2]
+    storage, folder = tmp_path / "studies", tmp_path / "studies" / name
+    log = tmp_path / "driver1.log"
+    driver = start_study_cli(["run", str(SEARCH)], tmp_path, storage, log, env={KILL_VARIABLE: f"stop:{victim}"})
+    killed_by_itself(driver, log)
+    trial = folder / "main" / ledger_trials(folder)[victim]["key"]
+    (trial / "result.json").unlink(missing_ok=True)
+    for file in (path for path in trial.rglob("*") if path.is_file()):
+        file.write_bytes(file.read_bytes()[: file.stat().st_size // 2])
+
+    resumed = run_study_cli(["resume", name], tmp_path, storage)
+    assert f"have no readable record (a checkpoint cut short by a kill): {trial.name}" in resumed.stderr
+    assert "study exact_search finished" in resumed.stderr
+    assert sequence(storage, name) == reference
+    assert epoch_metrics(storage, name) == epoch_metrics(uninterrupted_search, name)
+    assert optuna_history(storage, name) == optuna_history(uninterrupted_search, name)
+    state, uninterrupted = ledger(folder), ledger(uninterrupted_search / name)
+    assert state.exact and state.journal == uninterrupted.journal and rungs(state) == rungs(uninterrupted)
+
+
+@pytest.mark.slow
 def test_a_grid_under_asha_killed_at_a_stop_then_its_ledger_lost_resumes_as_if_never_killed(tmp_path):
     name, settings = "exact_grid", ("lr", "segformer_stem")
     home = tmp_path / "uninterrupted"

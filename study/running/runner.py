@@ -269,9 +269,18 @@ def run_main(plan: Plan, storage: Storage, name: str, resources: dict, encoders:
     from study.tune.stage import run_stage
 
     if plan.search is not None:
+        from study.tune.decisions import lost_proposals
+
         if run_stage(plan, storage, name, "main", None, resources, encoders, events)[1]:
             return False
         results = load_results(storage, name)
+        lost = lost_proposals(plan, storage, name, results.rows)
+        if lost:
+            say(f"[main] {len(lost)} proposal(s) the search decided on have no readable record (a checkpoint cut "
+                f"short by a kill): {', '.join(t['trial_key'] for t in lost)}; training them again as proposed")
+            if run_stage(plan, storage, name, "main", lost, resources, encoders, events, fresh=True)[1]:
+                return False
+            results = load_results(storage, name)
         finalize_ended_trials(storage, results)
         audit = audit_study(plan, results.rows)
         if audit.complete:

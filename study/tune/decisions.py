@@ -27,9 +27,10 @@ import signal
 
 from study.folder.ledger import ASK, COMPLETE, FAIL, TELL, Ledger, LedgerTrial, decides, read_ledger, write_ledger
 from study.planning.plan import Plan, optuna_storage_url
+from study.planning.record import ENDED
 from study.storage import Storage
 from study.tune import asha
-from trainables.trial import search_trial_key, trial_dirname
+from trainables.trial import StudyContext, resolve_trial, search_trial_key, trial_dirname
 
 KILL_VARIABLE = "SEGSTUDY_KILL_DRIVER_AT"
 FINISHED = "FINISHED"  # ray.tune.search.Searcher.FINISHED: no more trials
@@ -84,7 +85,8 @@ class StageDecisions:
         resume from an earlier checkpoint) decides nothing again."""
         entry = self.ledger.by_key(key)
         if entry is None or entry.stopped_epoch is not None:
-            return entry is not None
+            # a stopped trial whose record was lost trains again (lost_proposals) up to the epoch it was stopped at
+            return entry is not None and (not isinstance(epoch, int) or epoch >= entry.stopped_epoch)
         if entry.ended is not None or not isinstance(epoch, int) or epoch <= entry.last_epoch:
             return False
         entry.last_epoch, entry.last_value, entry.diverged = epoch, _float(value), bool(diverged)
@@ -188,10 +190,18 @@ class StageDecisions:
                     break
             done = entry.diverged or (planned is not None and entry.last_epoch >= planned)
             if entry.stopped_epoch is not None or done:
-                self.complete(entry.key)
-                if self.plan.search is not None:
-                    self._end(entry, error=False)
+                self._stopped_or_done(entry)
+        # ASHA stopped it and the driver died before Tune did: the ledger holds the decision and its value, even
+        # where the record lost the trial (its checkpoint cut short); lost_proposals trains it again afterwards
+        for entry in self.ledger.trials:
+            if entry.stopped_epoch is not None and entry.ended is None:
+                self._stopped_or_done(entry)
         self.save()
+
+    def _stopped_or_done(self, entry: LedgerTrial) -> None:
+        self.complete(entry.key)
+        if self.plan.search is not None:
+            self._end(entry, error=False)
 
     def _recorded_ask(self, row: dict) -> LedgerTrial | None:
         """A started trial the ledger lacks (a rebuilt ledger): its ask, from its record."""
@@ -262,6 +272,27 @@ def carried(epoch_rows: list[dict], key: str, stage: str, metric: str) -> list[t
             value = last
         found.append((int(row["epoch"]), math.nan if value is None else float(value), bool(row.get("diverged"))))
     return found
+
+
+def lost_proposals(plan: Plan, storage: Storage, name: str, rows: list[dict]) -> list[dict]:
+    """The search's proposals that the ledger decided on but whose record holds no end (a checkpoint cut short as
+    its driver was killed, with no result.json yet): as grid trials ({TrainConfig fields, trial_key, config_name,
+    stage}) to run again under their keys. Their training is the same (the same settings and seed), their
+    decisions stand: ASHA stops each at its recorded epoch and the searcher is not told twice."""
+    ledger, _ = read_ledger(storage, name)
+    if ledger is None or plan.search is None:
+        return []
+    ended_states = {state.value for state in ENDED}
+    ended = {row["trial_key"] for row in rows if row["stage"] == "main" and row.get("trial_id") is not None
+             and row["status"] in ended_states}
+    context = StudyContext(base=dict(plan.search.base_config), variants=plan.search.labels)
+    lost = []
+    for entry in ledger.trials:
+        if entry.ended is None or entry.index < 0 or entry.key in ended:
+            continue
+        identity, settings = resolve_trial(StageDecisions._config(entry), context)
+        lost.append({**settings.to_dict(), **identity})
+    return lost
 
 
 def prepare_decisions(storage: Storage, name: str, plan: Plan, stage: str, results, concurrency: int,

@@ -198,6 +198,8 @@ def run_stage(plan: Plan, storage: Storage, name: str, stage: str, trials: list 
     decisions = prepare_decisions(storage, name, plan, stage, results, concurrency, legacy)
     stopped = set(stopped_trials(results.rows, stage)) if restoring else set()
     stopped |= set(decisions.ledger.stopped if decisions is not None else ())
+    if fresh and trials is not None:  # trials run again because their record is missing: they train, even when
+        stopped -= {trial["trial_key"] for trial in trials}  # stopped early (then up to that epoch again)
     context = StudyContext(stage_uri=storage.uri(name, stage), base=dict(search.base_config) if search else {},
                            variants=search.labels if search else {}, encoders=encoders, stopped=tuple(sorted(stopped)),
                            datasets={dataset: plan.declaration(dataset).to_dict() for dataset in plan.datasets})
