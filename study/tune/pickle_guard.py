@@ -63,7 +63,14 @@ ALLOWED = frozenset({
 # Functions Tune stores as data, never calls on load: a trial's syncer keeps its last upload command as
 # (function, arguments) when the driver dies mid-sync. A pickle may name them, never call them.
 REFERENCED = frozenset({"ray.train._internal.storage._upload_to_fs_path"})
-HEX_PICKLE = re.compile(r"80[0-9a-f]{4,}\Z")  # Tune's hex-encoded pickles inside its JSON (protocol >= 2)
+# What Tune unpickles inside its experiment state, and nothing else (a string that merely looks like hex, such as
+# a trial id "8065b789", is no pickle): every {"_type": "CLOUDPICKLE_FALLBACK", "value": <hex>} that its JSON
+# decoder meets (ray.tune.utils.serialization), and these top-level fields of each trial's JSON state, which
+# Trial.__setstate__ unhexes and unpickles (Ray's private Trial._nonjson_fields: tests/test_tune_layer.py compares
+# the two, so an upgrade that adds one fails loudly).
+CLOUDPICKLE_FALLBACK = "CLOUDPICKLE_FALLBACK"
+TRIAL_PICKLED_FIELDS = ("results", "extra_arg", "placement_group_factory", "_resources",
+                        "_default_placement_group_factory")
 STATE_FILE = re.compile(r"experiment_state-.*\.json\Z")
 # A pickle despite its name: Tune's search generator state (the searcher's sample count, its concurrency limiter).
 SEARCH_GENERATOR_FILE = re.compile(r"search_gen_state-.*\.json\Z")
@@ -191,10 +198,16 @@ def _check_experiment_state(text: str, where: str) -> None:
     except (ValueError, KeyError, TypeError):
         raise StudyError(f"{where}: Tune's experiment state is damaged; move the stage folder away to start the "
                          f"stage afresh (finished trials are kept in it)") from None
-    for blob in _embedded(state.get("runner_data")):
+    if not isinstance(trials, list):
+        raise StudyError(f"{where}: Tune's experiment state is damaged")
+    for blob in _embedded(state.get("runner_data"), where):
         check_pickle(blob, where)
-    for trial_json, metadata_json in trials:
-        for blob in [*_embedded(_json(trial_json, where)), *_embedded(_json(metadata_json, where))]:
+    for entry in trials:
+        if not isinstance(entry, list) or len(entry) != 2:
+            raise StudyError(f"{where}: Tune's experiment state is damaged")
+        trial, metadata = _json(entry[0], where), _json(entry[1], where)
+        fields = [_unhex(trial[key], where) for key in TRIAL_PICKLED_FIELDS if key in trial]
+        for blob in [*fields, *_embedded(trial, where), *_embedded(metadata, where)]:
             check_pickle(blob, where)
 
 
@@ -208,13 +221,21 @@ def _json(text, where: str) -> dict:
     return value
 
 
-def _embedded(value):
-    """The pickles inside Tune's JSON: CLOUDPICKLE_FALLBACK values and hex-encoded fields."""
+def _embedded(value, where: str):
+    """The pickles Tune's JSON decoder loads: the value of every CLOUDPICKLE_FALLBACK object, at any depth."""
     if isinstance(value, dict):
+        if value.get("_type") == CLOUDPICKLE_FALLBACK:
+            yield _unhex(value.get("value"), where)
         for item in value.values():
-            yield from _embedded(item)
+            yield from _embedded(item, where)
     elif isinstance(value, list):
         for item in value:
-            yield from _embedded(item)
-    elif isinstance(value, str) and HEX_PICKLE.match(value) and len(value) % 2 == 0:
-        yield bytes.fromhex(value)
+            yield from _embedded(item, where)
+
+
+def _unhex(value, where: str) -> bytes:
+    """The bytes Tune would unpickle from a hex field (ray._common.utils.hex_to_binary)."""
+    try:
+        return bytes.fromhex(value)
+    except (TypeError, ValueError):
+        raise StudyError(f"{where}: Tune's experiment state is damaged (a pickled field is not hex)") from None
