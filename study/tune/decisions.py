@@ -12,7 +12,9 @@ and told; a trial that ended is told. A missing or damaged ledger is rebuilt the
 record (one trial at a time, the order of its trial indices is the order of the asks and tells). Then
 the live Optuna study is replayed from the journal (study/tune/optuna_live.py). Proposals that were
 asked but that Tune never held (the driver died before Tune saved its state) are handed out again,
-under the same trial key, to the next trials Tune asks for: none is dropped, none is asked twice.
+under the same trial key, to the next trials Tune asks for: none is dropped, none is asked twice. A
+trial decided on whose record the kill destroyed (its only checkpoint cut short) keeps its decision and is
+trained again once the search is done (`lost_proposals`).
 
 `SEGSTUDY_KILL_DRIVER_AT` (ask:K, tell:K or stop:K) makes the driver SIGKILL itself right after the ledger
 records that decision about trial index K: how the tests stop it in the microseconds between two
